@@ -1,0 +1,14 @@
+"""refdyn: reference implementations of deformable and dynamic-filter convolution operators.
+
+NumPy forward and backward of every operator, in a literal version that follows the paper's
+equations loop by loop and a vectorized default; GPU mirrors in :mod:`refdyn.gpu`; a
+finite-difference checker in :mod:`refdyn.gradcheck`; every operator listed in
+:mod:`refdyn.registry`.
+"""
+
+from .deform_conv import deform_conv2d, deform_conv2d_backward
+from .deform_conv_args import DeformConvGrads
+from .gradcheck import gradcheck
+
+__all__ = ["deform_conv2d", "deform_conv2d_backward", "DeformConvGrads", "gradcheck"]
+__version__ = "0.1.0"

@@ -1,0 +1,280 @@
+"""Bilinear sampling G and its gradients (DCNv1 Eq. 3-4, Appendix A).
+
+The value of an image x at a fractional point p = (p_y, p_x) is
+
+    x(p) = sum_q G(q, p) x(q),    G(q, p) = g(q_y, p_y) g(q_x, p_x),    g(a, b) = max(0, 1 - |a - b|)   (Eq. 3-4)
+
+Only the four integer neighbours q of p have G(q, p) != 0.  With y0 = floor(p_y), ly = p_y - y0
+(likewise x0, lx) their weights are (1-ly)(1-lx), (1-ly)lx, ly(1-lx) and ly lx.
+
+Gradients:
+- with respect to the image, x(p) is linear: d x(p) / d x(q) = G(q, p), so the adjoint scatters
+  the incoming gradient to the four neighbours with the same weights;
+- with respect to the point (Appendix A, Eq. 7): d x(p)/d p_y = sum_q d g(q_y, p_y)/d p_y g(q_x, p_x) x(q).
+  g has kinks where p_y is an integer.  Like every floor-based implementation, refdyn returns the
+  **right derivative** there (ly = 0: a forward difference).
+
+Boundary rules (REFERENCE.md section 1):
+- ``"zeros"``: the image is zero-padded; the value is 0 when p_y <= -1, p_y >= H, p_x <= -1 or
+  p_x >= W, and each neighbour outside the image reads 0 (DCN, torchvision, mmcv, ONNX).
+- ``"border"``: the point is clamped to [0, H-1] x [0, W-1] first (edge replicated; the MXNet
+  Active Convolution port).  The clamp has zero derivative outside the image.
+
+Offset-gradient rules at the edge of the ``zeros`` rule (pytorch/vision issue 6885):
+- ``"torchvision"``: the formula above with no early exit.  At p_y = -1 exactly it returns the
+  right derivative, which reads row 0.
+- ``"mmcv"`` (also the official DCNv2 code): 0 whenever p_y <= -1, p_y >= H, p_x <= -1 or p_x >= W.
+The two differ only where a coordinate is exactly -1, which is every border output of a
+padding-1 3x3 layer with zero offsets.
+
+This module has two layers: scalar functions that follow the equations term by term
+(:func:`g`, :func:`G`, :func:`sample_point`, :func:`sample_point_grad`) and array functions
+that compute the same for many points at once (:func:`bilinear_sample`,
+:func:`bilinear_sample_grad_image`, :func:`bilinear_sample_grad_coords`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BOUNDARY_RULES = ("zeros", "border")
+COORD_GRAD_RULES = ("torchvision", "mmcv")
+
+
+def check_boundary(boundary: str) -> None:
+    """Reject an unknown boundary rule."""
+    if boundary not in BOUNDARY_RULES:
+        raise ValueError(f"boundary must be one of {BOUNDARY_RULES}, got {boundary!r}")
+
+
+def check_coord_grad(coord_grad: str) -> None:
+    """Reject an unknown offset-gradient boundary rule."""
+    if coord_grad not in COORD_GRAD_RULES:
+        raise ValueError(f"coord_grad must be one of {COORD_GRAD_RULES}, got {coord_grad!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scalar, equation-by-equation versions (for reading beside the paper)
+# ---------------------------------------------------------------------------------------------
+
+def g(a: float, b: float) -> float:
+    """The 1-D bilinear kernel g(a, b) = max(0, 1 - |a - b|) (DCNv1 Eq. 4)."""
+    return max(0.0, 1.0 - abs(a - b))
+
+
+def dg_db(a: float, b: float) -> float:
+    """Right derivative of g(a, b) with respect to b.
+
+    g(a, b) rises with slope +1 for b in [a - 1, a) and falls with slope -1 for b in [a, a + 1).
+    At the kinks b = a - 1, a, a + 1 the slope to the right of b is returned.
+    """
+    if a - 1.0 <= b < a:
+        return 1.0
+    if a <= b < a + 1.0:
+        return -1.0
+    return 0.0
+
+
+def G(q: tuple[float, float], p: tuple[float, float]) -> float:
+    """The 2-D bilinear kernel G(q, p) = g(q_y, p_y) g(q_x, p_x) (DCNv1 Eq. 4)."""
+    return g(q[0], p[0]) * g(q[1], p[1])
+
+
+def _clamp_point(y: float, x: float, height: int, width: int) -> tuple[float, float]:
+    """The ``border`` rule's clamp of a point into [0, H-1] x [0, W-1]."""
+    return min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
+
+
+def _read(image: np.ndarray, qy: int, qx: int, boundary: str) -> float:
+    """x(q) for an integer point q: 0 outside the image (``zeros``), else the nearest edge pixel."""
+    height, width = image.shape
+    if boundary == "border":
+        return float(image[min(max(qy, 0), height - 1), min(max(qx, 0), width - 1)])
+    if 0 <= qy < height and 0 <= qx < width:
+        return float(image[qy, qx])
+    return 0.0
+
+
+def neighbours(y: float, x: float) -> list[tuple[int, int]]:
+    """The four integer points q with G(q, p) possibly non-zero: floor(p) and its right/lower neighbours."""
+    y0, x0 = math.floor(y), math.floor(x)
+    return [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)]
+
+
+def sample_point(image: np.ndarray, y: float, x: float, boundary: str = "zeros") -> float:
+    """x(p) = sum_q G(q, p) x(q) for one point p = (y, x) of a 2-D image (DCNv1 Eq. 3).
+
+    image: (H, W).  The sum runs over the four neighbours of p; every other q has G(q, p) = 0.
+    """
+    check_boundary(boundary)
+    height, width = image.shape
+    if boundary == "border":
+        y, x = _clamp_point(y, x, height, width)
+    elif y <= -1 or y >= height or x <= -1 or x >= width:
+        return 0.0
+    return sum(G(q, (y, x)) * _read(image, q[0], q[1], boundary) for q in neighbours(y, x))
+
+
+def sample_point_grad(image: np.ndarray, y: float, x: float, boundary: str = "zeros",
+                      coord_grad: str = "torchvision") -> tuple[float, float]:
+    """(d x(p)/d p_y, d x(p)/d p_x) for one point (DCNv1 Appendix A, Eq. 7), right derivatives.
+
+    d x(p)/d p_y = sum_q dg(q_y, p_y)/dp_y * g(q_x, p_x) * x(q), and likewise for p_x.
+    ``coord_grad`` picks the rule at the edge of the ``zeros`` boundary (see the module docstring).
+    """
+    check_boundary(boundary)
+    check_coord_grad(coord_grad)
+    height, width = image.shape
+    slope_y = slope_x = 1.0
+    if boundary == "border":
+        # Right derivative of the clamp: 1 inside [0, H-1), 0 beyond.
+        slope_y = 1.0 if 0.0 <= y < height - 1 else 0.0
+        slope_x = 1.0 if 0.0 <= x < width - 1 else 0.0
+        y, x = _clamp_point(y, x, height, width)
+    elif coord_grad == "mmcv" and (y <= -1 or y >= height or x <= -1 or x >= width):
+        return 0.0, 0.0
+    grad_y = grad_x = 0.0
+    for qy, qx in neighbours(y, x):
+        value = _read(image, qy, qx, boundary)
+        grad_y += dg_db(qy, y) * g(qx, x) * value
+        grad_x += g(qy, y) * dg_db(qx, x) * value
+    return slope_y * grad_y, slope_x * grad_x
+
+
+# ---------------------------------------------------------------------------------------------
+# Array versions: the same quantities for many points at once
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stencil:
+    """The four neighbours of many points p, as used by every array function below.
+
+    For points of shape P, each field has shape (4, *P); corner order (y0, x0), (y0, x0+1),
+    (y0+1, x0), (y0+1, x0+1).  ``index`` is the flat index y * W + x of each corner, moved into
+    the image where the corner reads nothing, so it is always safe to gather with;
+    ``weight`` is G(q, p), set to 0 where the corner reads 0; ``dweight_dy``/``dweight_dx``
+    are the right derivatives of ``weight`` with respect to p_y/p_x under the chosen rule.
+    """
+
+    index: np.ndarray
+    weight: np.ndarray
+    dweight_dy: np.ndarray
+    dweight_dx: np.ndarray
+
+
+def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
+                 boundary: str = "zeros", coord_grad: str = "torchvision") -> Stencil:
+    """Neighbours, G weights and weight derivatives of the points (y, x) in an H x W image.
+
+    y, x: arrays of one shape P and a float dtype; the results keep that dtype.
+    """
+    check_boundary(boundary)
+    check_coord_grad(coord_grad)
+    dtype = np.result_type(y, x)
+    one = dtype.type(1)
+    slope_y = slope_x = one
+    if boundary == "border":
+        slope_y = ((y >= 0) & (y < height - 1)).astype(dtype)
+        slope_x = ((x >= 0) & (x < width - 1)).astype(dtype)
+        y = np.clip(y, 0, height - 1)
+        x = np.clip(x, 0, width - 1)
+    else:
+        # Points this far out read only zeros; clipping keeps floor() within int range.
+        y = np.clip(y, -2, height + 1)
+        x = np.clip(x, -2, width + 1)
+    y0 = np.floor(y)
+    x0 = np.floor(x)
+    ly, lx = y - y0, x - x0
+    hy, hx = one - ly, one - lx
+    y0 = y0.astype(np.int64)
+    x0 = x0.astype(np.int64)
+    rows = (y0, y0, y0 + 1, y0 + 1)
+    cols = (x0, x0 + 1, x0, x0 + 1)
+    weight = np.stack([hy * hx, hy * lx, ly * hx, ly * lx])
+    dweight_dy = np.stack([-hx, -lx, hx, lx]) * slope_y
+    dweight_dx = np.stack([-hy, hy, -ly, ly]) * slope_x
+    if boundary == "border":
+        valid = np.ones_like(weight, dtype=bool)
+        rows = tuple(np.minimum(r, height - 1) for r in rows)
+        cols = tuple(np.minimum(c, width - 1) for c in cols)
+    else:
+        valid = np.stack([(r >= 0) & (r < height) & (c >= 0) & (c < width)
+                          for r, c in zip(rows, cols)])
+        rows = tuple(np.clip(r, 0, height - 1) for r in rows)
+        cols = tuple(np.clip(c, 0, width - 1) for c in cols)
+    index = np.stack([r * width + c for r, c in zip(rows, cols)])
+    weight = np.where(valid, weight, 0)
+    dweight_dy = np.where(valid, dweight_dy, 0)
+    dweight_dx = np.where(valid, dweight_dx, 0)
+    if boundary == "zeros" and coord_grad == "mmcv":
+        outside = (y <= -1) | (y >= height) | (x <= -1) | (x >= width)
+        dweight_dy = np.where(outside, 0, dweight_dy)
+        dweight_dx = np.where(outside, 0, dweight_dx)
+    return Stencil(index=index, weight=weight.astype(dtype, copy=False),
+                   dweight_dy=dweight_dy.astype(dtype, copy=False),
+                   dweight_dx=dweight_dx.astype(dtype, copy=False))
+
+
+def gather_corners(image: np.ndarray, stencil: Stencil) -> np.ndarray:
+    """x(q) at the four corners of every point.  image (..., H, W) -> (..., 4, *P)."""
+    flat = image.reshape(image.shape[:-2] + (-1,))
+    return flat[..., stencil.index]
+
+
+def bilinear_sample(image: np.ndarray, y: np.ndarray, x: np.ndarray,
+                    boundary: str = "zeros") -> np.ndarray:
+    """x(p) = sum_q G(q, p) x(q) at every point (DCNv1 Eq. 3).  image (..., H, W), y, x (*P) -> (..., *P)."""
+    stencil = make_stencil(y, x, image.shape[-2], image.shape[-1], boundary)
+    return sample_with(image, stencil)
+
+
+def sample_with(image: np.ndarray, stencil: Stencil) -> np.ndarray:
+    """Bilinear values from a prepared stencil.  image (..., H, W) -> (..., *P)."""
+    return np.sum(gather_corners(image, stencil) * stencil.weight, axis=image.ndim - 2)
+
+
+def coord_grads_with(corners: np.ndarray, stencil: Stencil, lead_ndim: int):
+    """(dx(p)/dp_y, dx(p)/dp_x) from gathered corners (..., 4, *P) -> two arrays (..., *P)."""
+    return (np.sum(corners * stencil.dweight_dy, axis=lead_ndim),
+            np.sum(corners * stencil.dweight_dx, axis=lead_ndim))
+
+
+def bilinear_sample_grad_coords(image: np.ndarray, y: np.ndarray, x: np.ndarray,
+                                boundary: str = "zeros", coord_grad: str = "torchvision"):
+    """(d x(p)/d p_y, d x(p)/d p_x) at every point (Appendix A, Eq. 7), right derivatives at kinks.
+
+    image (..., H, W), y, x (*P) -> two arrays (..., *P).
+    """
+    stencil = make_stencil(y, x, image.shape[-2], image.shape[-1], boundary, coord_grad)
+    return coord_grads_with(gather_corners(image, stencil), stencil, image.ndim - 2)
+
+
+def scatter_with(grad_values: np.ndarray, stencil: Stencil, height: int, width: int) -> np.ndarray:
+    """Adjoint of :func:`sample_with`: d L / d x(q) = sum_p G(q, p) d L / d x(p).
+
+    grad_values (B..., *P) -> (B..., H, W), where the trailing dims of grad_values match the
+    stencil's point shape P.
+    """
+    point_ndim = stencil.index.ndim - 1
+    lead_shape = grad_values.shape[:grad_values.ndim - point_ndim]
+    lead = int(np.prod(lead_shape, dtype=np.int64))
+    image_size = height * width
+    weighted = grad_values.reshape(lead, 1, -1) * stencil.weight.reshape(1, 4, -1)
+    target = (np.arange(lead, dtype=np.int64).reshape(lead, 1, 1) * image_size
+              + stencil.index.reshape(1, 4, -1))
+    summed = np.bincount(target.ravel(), weights=weighted.ravel(), minlength=lead * image_size)
+    return summed.astype(grad_values.dtype, copy=False).reshape(lead_shape + (height, width))
+
+
+def bilinear_sample_grad_image(grad_values: np.ndarray, y: np.ndarray, x: np.ndarray,
+                               image_shape: tuple[int, ...], boundary: str = "zeros") -> np.ndarray:
+    """Gradient of a loss with respect to the image, given its gradient at the sampled values.
+
+    grad_values (..., *P), y, x (*P), image_shape (..., H, W) -> (..., H, W).
+    """
+    height, width = image_shape[-2], image_shape[-1]
+    stencil = make_stencil(y, x, height, width, boundary)
+    return scatter_with(grad_values, stencil, height, width).reshape(image_shape)

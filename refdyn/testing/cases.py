@@ -1,0 +1,80 @@
+"""A test case of one operator call, and the tolerances that compare two implementations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Case:
+    """The arguments of one forward/backward call.
+
+    arrays: the array arguments by name (None for an absent optional one, e.g. no bias);
+    params: the other forward arguments (stride, padding, ...); backward_params: arguments
+    only the backward takes (e.g. ``coord_grad``); grad_output: dL/d output for the backward;
+    description: one line naming the configuration, shown in failure reports; kink_free: every
+    sampling point keeps a margin from the kinks, so finite differences through the sampling
+    coordinates are valid.
+    """
+
+    arrays: dict[str, Optional[np.ndarray]]
+    params: dict[str, object]
+    grad_output: np.ndarray
+    backward_params: dict[str, object] = field(default_factory=dict)
+    description: str = ""
+    kink_free: bool = False
+
+    def forward_kwargs(self) -> dict[str, object]:
+        return {**self.arrays, **self.params}
+
+    def backward_kwargs(self) -> dict[str, object]:
+        return {**self.arrays, **self.params, **self.backward_params}
+
+    def with_arrays(self, **arrays) -> "Case":
+        """A copy with some arrays replaced."""
+        return Case({**self.arrays, **arrays}, self.params, self.grad_output,
+                    self.backward_params, self.description, self.kink_free)
+
+
+#: (rtol, atol) per dtype for comparing two implementations; atol is relative to the largest
+#: magnitude of the expected array (sums of many float32 terms lose digits in proportion).
+TOLERANCES = {np.dtype(np.float64): (1e-10, 1e-11), np.dtype(np.float32): (2e-4, 2e-5)}
+
+
+def scaled_error(actual, expected) -> float:
+    """max |actual - expected| / max(1, max |expected|): the error the tolerances bound."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if expected.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))
+
+
+def close_enough(actual, expected, dtype) -> bool:
+    """|actual - expected| <= atol * max(1, max|expected|) + rtol * |expected| everywhere."""
+    rtol, atol = TOLERANCES[np.dtype(dtype)]
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return False
+    if expected.size == 0:
+        return True
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    return bool(np.all(np.abs(actual - expected) <= atol * scale + rtol * np.abs(expected)))
+
+
+def mismatch_report(name: str, actual, expected, dtype) -> str:
+    """Where two arrays disagree most: index, expected and actual values, tolerance."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return f"{name}: shape {actual.shape}, expected {expected.shape}"
+    difference = np.abs(actual - expected)
+    worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
+    rtol, atol = TOLERANCES[np.dtype(dtype)]
+    return (f"{name}{list(map(int, worst))}: expected {expected[worst]:.10g}, got "
+            f"{actual[worst]:.10g} (scaled error {scaled_error(actual, expected):.3g}; "
+            f"{np.dtype(dtype)} tolerance rtol={rtol:g}, atol={atol:g} x scale)")

@@ -1,0 +1,64 @@
+"""Hypothesis strategies that draw valid operator configurations.
+
+Each strategy draws a configuration dataclass (NumPy-free, shrinkable, printable); turn it into
+arrays with the family's ``make_case``.  Example, in a user's own test suite::
+
+    from hypothesis import given
+    from refdyn.testing.strategies import deform_conv2d_configs
+    from refdyn.testing.deform_conv_cases import make_case
+
+    @given(deform_conv2d_configs(dtypes=("float32",)))
+    def test_my_kernel(config):
+        case = make_case(config)
+        ...
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from hypothesis import strategies as st
+
+from .deform_conv_cases import KINK_FREE_OFFSET_KINDS, OFFSET_KINDS, DeformConvConfig
+
+
+@st.composite
+def deform_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                          kink_free: bool = False, offset_kinds: Sequence[str] = OFFSET_KINDS,
+                          max_batch: int = 2, max_channels_per_group: int = 2,
+                          max_extent: int = 7, max_kernel: int = 3,
+                          coord_grads: Sequence[str] = ("torchvision", "mmcv")) -> DeformConvConfig:
+    """Valid ``deform_conv2d`` configurations: every shape, stride, padding, dilation, groups
+    and offset-groups combination within the limits, with optional mask and bias.
+
+    offset_kinds: which offset distributions to draw (see :mod:`refdyn.testing.deform_conv_cases`);
+    kink_free: keep only the kink-free ones among them (for finite-difference checks).
+    """
+    if kink_free:
+        offset_kinds = [kind for kind in offset_kinds if kind in KINK_FREE_OFFSET_KINDS]
+    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    # The padded input must hold the dilated kernel: H + 2 pad >= dil (k - 1) + 1.
+    extents = []
+    for axis in range(2):
+        smallest = max(1, dilation[axis] * (kernel[axis] - 1) + 1 - 2 * padding[axis])
+        extents.append(draw(st.integers(smallest, max(smallest, max_extent))))
+    groups = draw(st.integers(1, 2))
+    offset_groups = draw(st.integers(1, 2))
+    channel_unit = math.lcm(groups, offset_groups)
+    in_channels = channel_unit * draw(st.integers(1, max_channels_per_group))
+    out_channels = groups * draw(st.integers(1, max_channels_per_group))
+    return DeformConvConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),  # shrinks towards 1
+        in_channels=in_channels, out_channels=out_channels,
+        height=extents[0], width=extents[1], kernel=kernel, stride=stride, padding=padding,
+        dilation=dilation, groups=groups, offset_groups=offset_groups,
+        with_mask=draw(st.booleans()), with_bias=draw(st.booleans()),
+        offset_kind=draw(st.sampled_from(tuple(offset_kinds))),
+        offset_scale=draw(st.sampled_from((0.5, 2.0, 4.0))),
+        dtype=draw(st.sampled_from(tuple(dtypes))),
+        coord_grad=draw(st.sampled_from(tuple(coord_grads))),
+        seed=draw(st.integers(0, 2**16)))

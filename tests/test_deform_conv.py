@@ -1,0 +1,342 @@
+"""Properties of deform_conv2d beyond the generic registry checks, the kink conventions, the
+chunked memory bound and the argument validation."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import example, given, strategies as st
+from numpy.lib.stride_tricks import sliding_window_view
+
+from refdyn import deform_conv2d, deform_conv2d_backward
+from refdyn.deform_conv import MEMORY_BOUND_BUFFERS, deform_conv2d_backward_literal, \
+    deform_conv2d_literal
+from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
+from refdyn.testing.strategies import deform_conv2d_configs
+
+IMPLEMENTATIONS = {
+    "literal": (deform_conv2d_literal, deform_conv2d_backward_literal),
+    "vectorized": (deform_conv2d, deform_conv2d_backward),
+}
+
+
+def plain_conv2d(input, weight, bias, stride, padding, dilation):
+    """An independent grouped cross-correlation: zero padding, strided dilated windows, einsum."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    out_channels, in_per_group, kh, kw = weight.shape
+    groups = input.shape[1] // in_per_group
+    padded = np.pad(input, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    windows = sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]                    # (N, C, Ho, Wo, kh, kw)
+    n, _, out_h, out_w = windows.shape[:4]
+    windows = windows.reshape(n, groups, in_per_group, out_h, out_w, kh, kw)
+    grouped_weight = weight.reshape(groups, out_channels // groups, in_per_group, kh, kw)
+    out = np.einsum("ngchwab,gocab->ngohw", windows, grouped_weight)
+    out = out.reshape(n, out_channels, out_h, out_w)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def grads_allclose(a, b, **tolerance):
+    for name in ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_allclose(x, y, err_msg=name, **tolerance)
+
+
+# --- equalities with independent computations --------------------------------------------------
+
+@given(deform_conv2d_configs(dtypes=("float64",), offset_kinds=("zero",)))
+@example(DeformConvConfig(offset_kind="zero", with_mask=False))
+def test_zero_offsets_without_mask_equal_plain_convolution(config):
+    case = make_case(config).with_arrays(mask=None)
+    a = case.arrays
+    expected = plain_conv2d(a["input"], a["weight"], a["bias"], config.stride, config.padding,
+                            config.dilation)
+    np.testing.assert_allclose(deform_conv2d(**case.forward_kwargs()), expected, rtol=1e-12,
+                               atol=1e-12)
+
+
+@given(deform_conv2d_configs(dtypes=("float64",)))
+def test_mask_of_ones_equals_dcnv1(config):
+    case = make_case(config)
+    ones = np.ones_like(case.arrays["mask"]) if case.arrays["mask"] is not None else None
+    with_ones, without = case.with_arrays(mask=ones), case.with_arrays(mask=None)
+    np.testing.assert_allclose(deform_conv2d(**with_ones.forward_kwargs()),
+                               deform_conv2d(**without.forward_kwargs()), rtol=1e-13, atol=1e-13)
+    a = deform_conv2d_backward(case.grad_output, **with_ones.backward_kwargs())
+    b = deform_conv2d_backward(case.grad_output, **without.backward_kwargs())
+    for name in ("grad_input", "grad_offset", "grad_weight"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-12, atol=1e-12)
+
+
+@given(deform_conv2d_configs(dtypes=("float64",), offset_kinds=("zero",)),
+       st.integers(-3, 3), st.integers(-3, 3))
+@example(DeformConvConfig(offset_kind="zero", with_mask=False), 1, -2)
+def test_integer_offsets_equal_convolution_of_shifted_image(config, dy, dx):
+    """Sampling at p + (dy, dx) for every tap is a plain convolution of the zero-padded image
+    shifted by (-dy, -dx)."""
+    case = make_case(config).with_arrays(mask=None)
+    offset = np.zeros_like(case.arrays["offset"])
+    offset[:, 0::2] = dy
+    offset[:, 1::2] = dx
+    margin = 3                                       # >= |dy|, |dx|
+    (ph, pw), (out_h, out_w) = config.padding, config.out_size
+    padded = np.pad(case.arrays["input"],
+                    ((0, 0), (0, 0), (ph + margin, ph + margin), (pw + margin, pw + margin)))
+    shifted = padded[:, :, margin + dy:, margin + dx:]
+    expected = plain_conv2d(shifted, case.arrays["weight"], case.arrays["bias"], config.stride,
+                            (0, 0), config.dilation)[:, :, :out_h, :out_w]
+    actual = deform_conv2d(**case.with_arrays(offset=offset).forward_kwargs())
+    np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("coord_grad", ["torchvision", "mmcv"])
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_offsets_moving_every_sample_outside_give_the_bias(coord_grad, direction):
+    config = DeformConvConfig(batch=2, in_channels=4, out_channels=2, offset_groups=2)
+    case = make_case(config)
+    far = np.full_like(case.arrays["offset"], direction * (config.height + config.width + 0.5))
+    case = case.with_arrays(offset=far)
+    out = deform_conv2d(**case.forward_kwargs())
+    np.testing.assert_array_equal(out, np.broadcast_to(case.arrays["bias"][None, :, None, None],
+                                                       out.shape))
+    grads = deform_conv2d_backward(case.grad_output, **case.forward_kwargs(),
+                                   coord_grad=coord_grad)
+    for name in ("grad_input", "grad_offset", "grad_weight", "grad_mask"):
+        assert not np.any(getattr(grads, name)), name
+    np.testing.assert_allclose(grads.grad_bias, case.grad_output.sum(axis=(0, 2, 3)))
+
+
+@given(deform_conv2d_configs(dtypes=("float64",), kink_free=True))
+def test_coord_grad_rules_agree_away_from_the_edge_kinks(config):
+    case = make_case(config)
+    a = deform_conv2d_backward(case.grad_output, **case.forward_kwargs(), coord_grad="torchvision")
+    b = deform_conv2d_backward(case.grad_output, **case.forward_kwargs(), coord_grad="mmcv")
+    grads_allclose(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7, 100, 10**9])
+def test_chunking_does_not_change_the_result(chunk_elements):
+    case = make_case(DeformConvConfig(batch=2, in_channels=4, out_channels=4, height=6, width=7,
+                                      groups=2, offset_groups=2, offset_kind="normal"))
+    reference_out = deform_conv2d(**case.forward_kwargs())
+    reference_grads = deform_conv2d_backward(case.grad_output, **case.backward_kwargs())
+    out = deform_conv2d(**case.forward_kwargs(), chunk_elements=chunk_elements)
+    grads = deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
+                                   chunk_elements=chunk_elements)
+    np.testing.assert_allclose(out, reference_out, rtol=1e-13, atol=1e-13)
+    grads_allclose(grads, reference_grads, rtol=1e-12, atol=1e-12)
+
+
+def peak_allocation(run):
+    tracemalloc.start()
+    try:
+        result = run()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_extra_memory_stays_within_the_documented_bound(dtype):
+    """Peak allocation <= results + MEMORY_BOUND_BUFFERS * chunk_elements * 8 bytes; without
+    chunking the same layer needs more, so the bound is what chunking buys."""
+    chunk_elements = 1 << 12
+    config = DeformConvConfig(in_channels=16, out_channels=16, height=64, width=64,
+                              offset_groups=2, offset_kind="normal", dtype=dtype)
+    case = make_case(config)
+    image_gradient_bytes = (16 // 2) * 64 * 64 * 8
+    unchunked = 16 * 9 * 64 * 64
+    for run in (lambda chunk: deform_conv2d(**case.forward_kwargs(), chunk_elements=chunk),
+                lambda chunk: deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
+                                                     chunk_elements=chunk)):
+        peak, result = peak_allocation(lambda: run(chunk_elements))
+        arrays = [result] if isinstance(result, np.ndarray) else [
+            a for a in vars(result).values() if a is not None]
+        results_bytes = sum(a.nbytes for a in arrays) + image_gradient_bytes
+        bound = results_bytes + MEMORY_BOUND_BUFFERS * chunk_elements * 8
+        assert peak <= bound, f"peak {peak} bytes > bound {bound}"
+        assert peak_allocation(lambda: run(unchunked))[0] > bound
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_outputs_keep_the_input_dtype(name, dtype):
+    forward, backward = IMPLEMENTATIONS[name]
+    case = make_case(DeformConvConfig(dtype=np.dtype(dtype).name))
+    assert forward(**case.forward_kwargs()).dtype == dtype
+    grads = backward(case.grad_output, **case.backward_kwargs())
+    for field in ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"):
+        assert getattr(grads, field).dtype == dtype, field
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_empty_batch_gives_empty_results(name):
+    forward, backward = IMPLEMENTATIONS[name]
+    case = make_case(DeformConvConfig(batch=0, out_channels=3, height=6, width=4))
+    out = forward(**case.forward_kwargs())
+    assert out.shape == (0, 3, 6, 4)
+    grads = backward(case.grad_output, **case.backward_kwargs())
+    assert grads.grad_input.shape == (0, 2, 6, 4)
+    assert grads.grad_offset.shape == (0, 18, 6, 4)
+    assert grads.grad_mask.shape == (0, 9, 6, 4)
+    np.testing.assert_array_equal(grads.grad_weight, 0)
+    np.testing.assert_array_equal(grads.grad_bias, 0)
+
+
+# --- the kinks: integer sampling coordinates and the image edge --------------------------------
+
+def single_tap_case(tap, image, offset_value=(0.0, 0.0), padding=1):
+    """1 channel, 3x3 kernel with weight 1 at ``tap`` only, so each output reads one sample."""
+    input = np.asarray(image, dtype=np.float64)[None, None]
+    weight = np.zeros((1, 1, 3, 3))
+    weight[0, 0][tap] = 1.0
+    height, width = input.shape[2:]
+    out_h, out_w = height + 2 * padding - 2, width + 2 * padding - 2
+    offset = np.zeros((1, 18, out_h, out_w))
+    k = tap[0] * 3 + tap[1]
+    offset[0, 2 * k] = offset_value[0]
+    offset[0, 2 * k + 1] = offset_value[1]
+    return input, offset, weight
+
+
+IMAGE = np.arange(1.0, 13.0).reshape(3, 4) ** 1.5   # distinct values, no two differences equal
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name):
+    """Zero offsets, padding 1: output (0, j) tap (0, 1) samples row -1 exactly (pytorch/vision
+    6885).  torchvision returns the right derivative (row 0 weighted); mmcv returns 0."""
+    _, backward = IMPLEMENTATIONS[name]
+    input, offset, weight = single_tap_case((0, 1), IMAGE)
+    grad_output = np.zeros((1, 1, 3, 4))
+    grad_output[0, 0, 0, 2] = 1.0                  # samples p = (-1, 2)
+    vision = backward(grad_output, input, offset, weight, padding=1, coord_grad="torchvision")
+    mmcv = backward(grad_output, input, offset, weight, padding=1, coord_grad="mmcv")
+    k = 1
+    assert vision.grad_offset[0, 2 * k, 0, 2] == pytest.approx(IMAGE[0, 2])   # d/dy = x[0,2] - 0
+    assert vision.grad_offset[0, 2 * k + 1, 0, 2] == 0.0                      # row -1 reads zeros
+    assert mmcv.grad_offset[0, 2 * k, 0, 2] == 0.0
+    assert mmcv.grad_offset[0, 2 * k + 1, 0, 2] == 0.0
+    np.testing.assert_array_equal(vision.grad_input, mmcv.grad_input)        # the value is 0 either way
+    np.testing.assert_array_equal(vision.grad_input, 0.0)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("coord_grad", ["torchvision", "mmcv"])
+def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(name, coord_grad):
+    """p = (H-1, W-1): the right neighbours are outside and read 0, so d/dy = -x[H-1, W-1]."""
+    _, backward = IMPLEMENTATIONS[name]
+    input, offset, weight = single_tap_case((1, 1), IMAGE)   # centre tap: p = output position
+    grad_output = np.zeros((1, 1, 3, 4))
+    grad_output[0, 0, 2, 3] = 1.0
+    grads = backward(grad_output, input, offset, weight, padding=1, coord_grad=coord_grad)
+    k = 4
+    assert grads.grad_offset[0, 2 * k, 2, 3] == pytest.approx(-IMAGE[2, 3])
+    assert grads.grad_offset[0, 2 * k + 1, 2, 3] == pytest.approx(-IMAGE[2, 3])
+    assert grads.grad_input[0, 0, 2, 3] == 1.0 and grads.grad_input.sum() == 1.0
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_integer_interior_samples_use_the_forward_difference(name):
+    _, backward = IMPLEMENTATIONS[name]
+    input, offset, weight = single_tap_case((1, 1), IMAGE, offset_value=(1.0, 1.0))
+    grad_output = np.zeros((1, 1, 3, 4))
+    grad_output[0, 0, 0, 1] = 1.0                   # samples p = (1, 2)
+    grads = backward(grad_output, input, offset, weight, padding=1)
+    assert grads.grad_offset[0, 8, 0, 1] == pytest.approx(IMAGE[2, 2] - IMAGE[1, 2])
+    assert grads.grad_offset[0, 9, 0, 1] == pytest.approx(IMAGE[1, 3] - IMAGE[1, 2])
+
+
+# --- argument validation ----------------------------------------------------------------------
+
+def valid_arrays():
+    case = make_case(DeformConvConfig(batch=2, in_channels=4, out_channels=4, groups=2,
+                                      offset_groups=2))
+    return {**case.forward_kwargs(), "grad_output": case.grad_output}
+
+
+def replaced(**changes):
+    arrays = valid_arrays()
+    arrays.update(changes)
+    return arrays
+
+
+def call_forward(arrays):
+    arrays = dict(arrays)
+    arrays.pop("grad_output")
+    return deform_conv2d(**arrays)
+
+
+BAD_FORWARD_ARGUMENTS = {
+    "input not an array": (TypeError, "input must be an array",
+                           lambda a: replaced(input=a["input"].tolist())),
+    "input integer dtype": (TypeError, "input must have dtype float32 or float64",
+                            lambda a: replaced(input=a["input"].astype(np.int64))),
+    "mixed dtypes": (TypeError, "weight has dtype float32 but input has dtype float64",
+                     lambda a: replaced(weight=a["weight"].astype(np.float32))),
+    "input 3-D": (ValueError, "input must have 4 dimensions",
+                  lambda a: replaced(input=a["input"][0])),
+    "channels do not divide": (ValueError, "input channels .* divisible by weight.shape",
+                               lambda a: replaced(weight=np.ones((4, 3, 3, 3)))),
+    "out channels do not divide": (ValueError, "weight.shape\\[0\\] .* multiple of groups",
+                                   lambda a: replaced(weight=np.ones((3, 2, 3, 3)),
+                                                      bias=np.ones(3))),
+    "offset channels": (ValueError, "offset.shape\\[1\\] must be 2 \\* offset_groups",
+                        lambda a: replaced(offset=a["offset"][:, :17])),
+    "offset groups do not divide": (ValueError, "divisible by offset groups",
+                                    lambda a: replaced(offset=np.zeros((2, 54, 5, 5)),
+                                                       mask=None)),
+    "offset spatial shape": (ValueError, "offset must have shape .*\\(2, 36, 5, 5\\)",
+                             lambda a: replaced(offset=a["offset"][:, :, :4])),
+    "offset batch": (ValueError, "offset must have shape",
+                     lambda a: replaced(offset=a["offset"][:1])),
+    "mask shape": (ValueError, "mask must have shape .*\\(2, 18, 5, 5\\)",
+                   lambda a: replaced(mask=a["mask"][:, :9])),
+    "bias shape": (ValueError, "bias must have shape \\(C_out,\\)",
+                   lambda a: replaced(bias=np.ones(3))),
+    "nan offset": (ValueError, "offset must be finite",
+                   lambda a: replaced(offset=np.where(a["offset"] > 0, np.nan, a["offset"]))),
+    "inf mask": (ValueError, "mask must be finite",
+                 lambda a: replaced(mask=np.full_like(a["mask"], np.inf))),
+    "negative padding": (ValueError, "padding must be >= 0", lambda a: replaced(padding=-1)),
+    "zero stride": (ValueError, "stride must be >= 1", lambda a: replaced(stride=(1, 0))),
+    "zero dilation": (ValueError, "dilation must be >= 1", lambda a: replaced(dilation=0)),
+    "stride not int": (TypeError, "stride must be an int or a pair", lambda a: replaced(stride=1.5)),
+    "stride bool": (TypeError, "stride must be an int or a pair", lambda a: replaced(stride=True)),
+    "padding triple": (TypeError, "padding must be an int or a pair",
+                       lambda a: replaced(padding=(1, 1, 1))),
+    "kernel larger than padded input": (
+        ValueError, "larger than the padded input",
+        lambda a: replaced(padding=0, dilation=3, offset=np.zeros((2, 36, 1, 1)),
+                           mask=np.zeros((2, 18, 1, 1)))),
+}
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("problem", BAD_FORWARD_ARGUMENTS)
+def test_bad_arguments_raise_a_clear_error(name, problem):
+    error, message, make = BAD_FORWARD_ARGUMENTS[problem]
+    forward, backward = IMPLEMENTATIONS[name]
+    arrays = make(valid_arrays())
+    with pytest.raises(error, match=message):
+        forward(**{k: v for k, v in arrays.items() if k != "grad_output"})
+    with pytest.raises(error, match=message):
+        backward(**arrays)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_bad_backward_arguments_raise_a_clear_error(name):
+    _, backward = IMPLEMENTATIONS[name]
+    arrays = valid_arrays()
+    with pytest.raises(ValueError, match=r"grad_output must have shape .*\(2, 4, 5, 5\)"):
+        backward(**{**arrays, "grad_output": arrays["grad_output"][:, :3]})
+    with pytest.raises(TypeError, match="grad_output has dtype float32"):
+        backward(**{**arrays, "grad_output": arrays["grad_output"].astype(np.float32)})
+    with pytest.raises(ValueError, match="coord_grad must be one of"):
+        backward(**arrays, coord_grad="caffe")
+
+
+def test_the_valid_arguments_of_the_error_tests_are_valid():
+    call_forward(valid_arrays())
