@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._checks import check_finite, check_float_array, check_shape, numpy_all_finite
+
 BOUNDARY_RULES = ("zeros", "border")
 COORD_GRAD_RULES = ("torchvision", "mmcv")
 
@@ -220,13 +222,14 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
 
 def gather_corners(image: np.ndarray, stencil: Stencil) -> np.ndarray:
     """x(q) at the four corners of every point.  image (..., H, W) -> (..., 4, *P)."""
-    flat = image.reshape(image.shape[:-2] + (-1,))
+    flat = image.reshape(image.shape[:-2] + (image.shape[-2] * image.shape[-1],))
     return flat[..., stencil.index]
 
 
 def bilinear_sample(image: np.ndarray, y: np.ndarray, x: np.ndarray,
                     boundary: str = "zeros") -> np.ndarray:
     """x(p) = sum_q G(q, p) x(q) at every point (DCNv1 Eq. 3).  image (..., H, W), y, x (*P) -> (..., *P)."""
+    check_bilinear_args(image, y, x, boundary)
     stencil = make_stencil(y, x, image.shape[-2], image.shape[-1], boundary)
     return sample_with(image, stencil)
 
@@ -248,6 +251,7 @@ def bilinear_sample_grad_coords(image: np.ndarray, y: np.ndarray, x: np.ndarray,
 
     image (..., H, W), y, x (*P) -> two arrays (..., *P).
     """
+    check_bilinear_args(image, y, x, boundary)
     stencil = make_stencil(y, x, image.shape[-2], image.shape[-1], boundary, coord_grad)
     return coord_grads_with(gather_corners(image, stencil), stencil, image.ndim - 2)
 
@@ -262,7 +266,8 @@ def scatter_with(grad_values: np.ndarray, stencil: Stencil, height: int, width: 
     lead_shape = grad_values.shape[:grad_values.ndim - point_ndim]
     lead = int(np.prod(lead_shape, dtype=np.int64))
     image_size = height * width
-    weighted = grad_values.reshape(lead, 1, -1) * stencil.weight.reshape(1, 4, -1)
+    point_count = stencil.index[0].size
+    weighted = grad_values.reshape(lead, 1, point_count) * stencil.weight.reshape(1, 4, -1)
     target = (np.arange(lead, dtype=np.int64).reshape(lead, 1, 1) * image_size
               + stencil.index.reshape(1, 4, -1))
     summed = np.bincount(target.ravel(), weights=weighted.ravel(), minlength=lead * image_size)
@@ -278,3 +283,92 @@ def bilinear_sample_grad_image(grad_values: np.ndarray, y: np.ndarray, x: np.nda
     height, width = image_shape[-2], image_shape[-1]
     stencil = make_stencil(y, x, height, width, boundary)
     return scatter_with(grad_values, stencil, height, width).reshape(image_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered operator: sampling an image batch at given points, forward and backward
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class BilinearGrads:
+    """Gradients of a scalar loss with respect to the image and the two coordinate arrays."""
+
+    grad_image: np.ndarray
+    grad_y: np.ndarray
+    grad_x: np.ndarray
+
+
+def check_bilinear_args(image, y, x, boundary: str, all_finite=numpy_all_finite) -> np.dtype:
+    """image (..., H, W) with H, W >= 1; y and x of one shape P; one float dtype; finite points."""
+    check_boundary(boundary)
+    if not hasattr(image, "ndim") or image.ndim < 2:
+        raise ValueError("image must be an array of shape (..., H, W)")
+    dtype = check_float_array(image, "image", image.ndim)
+    check_float_array(y, "y", y.ndim, dtype)
+    check_float_array(x, "x", x.ndim, dtype)
+    if image.shape[-1] < 1 or image.shape[-2] < 1:
+        raise ValueError(f"image must have H >= 1 and W >= 1, got shape {tuple(image.shape)}")
+    check_shape(x, "x", y.shape, "y.shape")
+    check_finite(y, "y", all_finite)
+    check_finite(x, "x", all_finite)
+    return dtype
+
+
+def bilinear_sample_literal(image, y, x, boundary: str = "zeros") -> np.ndarray:
+    """:func:`bilinear_sample` by a loop over every image of the batch and every point."""
+    dtype = check_bilinear_args(image, y, x, boundary)
+    images = image.reshape((int(np.prod(image.shape[:-2])),) + image.shape[-2:])
+    out = np.zeros((images.shape[0],) + y.shape, dtype=dtype)
+    for b in range(images.shape[0]):
+        for point in np.ndindex(*y.shape):
+            out[(b,) + point] = sample_point(images[b], y[point], x[point], boundary)
+    return out.reshape(image.shape[:-2] + y.shape)
+
+
+def bilinear_sample_backward_literal(grad_output, image, y, x, boundary: str = "zeros",
+                                     coord_grad: str = "torchvision") -> BilinearGrads:
+    """Gradients of :func:`bilinear_sample` by loops: each point scatters go * G(q, p) to its
+    four neighbours q (the image gradient) and adds go * d x(p)/d p to its coordinates."""
+    dtype = check_bilinear_args(image, y, x, boundary)
+    check_coord_grad(coord_grad)
+    check_shape(grad_output, "grad_output", image.shape[:-2] + y.shape, "image.shape[:-2] + y.shape")
+    height, width = image.shape[-2:]
+    images = image.reshape(int(np.prod(image.shape[:-2])), height, width)
+    grads_out = grad_output.reshape((images.shape[0],) + y.shape)
+    grad_image = np.zeros(images.shape)
+    grad_y, grad_x = np.zeros(y.shape), np.zeros(x.shape)
+    for b in range(images.shape[0]):
+        for point in np.ndindex(*y.shape):
+            go, p_y, p_x = grads_out[(b,) + point], y[point], x[point]
+            d_y, d_x = sample_point_grad(images[b], p_y, p_x, boundary, coord_grad)
+            grad_y[point] += go * d_y
+            grad_x[point] += go * d_x
+            if boundary == "border":
+                p_y, p_x = _clamp_point(p_y, p_x, height, width)
+            elif p_y <= -1 or p_y >= height or p_x <= -1 or p_x >= width:
+                continue
+            for qy, qx in neighbours(p_y, p_x):
+                weight = G((qy, qx), (p_y, p_x))
+                if boundary == "border":                    # x(q) reads the nearest edge pixel
+                    qy, qx = min(max(qy, 0), height - 1), min(max(qx, 0), width - 1)
+                elif not (0 <= qy < height and 0 <= qx < width):
+                    continue                                # x(q) = 0 outside
+                grad_image[b, qy, qx] += go * weight
+    return BilinearGrads(grad_image.reshape(image.shape).astype(dtype),
+                         grad_y.astype(dtype), grad_x.astype(dtype))
+
+
+def bilinear_sample_backward(grad_output, image, y, x, boundary: str = "zeros",
+                             coord_grad: str = "torchvision") -> BilinearGrads:
+    """Gradients of :func:`bilinear_sample`: grad_output (..., *P) -> image (..., H, W), y, x (*P)."""
+    dtype = check_bilinear_args(image, y, x, boundary)
+    check_shape(grad_output, "grad_output", image.shape[:-2] + y.shape, "image.shape[:-2] + y.shape")
+    height, width = image.shape[-2:]
+    stencil = make_stencil(y, x, height, width, boundary, coord_grad)
+    lead_ndim = image.ndim - 2
+    d_y, d_x = coord_grads_with(gather_corners(image, stencil), stencil, lead_ndim)
+    lead_axes = tuple(range(lead_ndim))
+    return BilinearGrads(
+        grad_image=scatter_with(grad_output, stencil, height, width).reshape(image.shape),
+        grad_y=np.sum(grad_output * d_y, axis=lead_axes).astype(dtype, copy=False),
+        grad_x=np.sum(grad_output * d_x, axis=lead_axes).astype(dtype, copy=False))

@@ -102,5 +102,22 @@ DEFORM_CONV2D = Operator(
     examples="refdyn.testing.deform_conv_cases:example_configs",
 )
 
-OPERATORS: dict[str, Operator] = {op.name: op for op in (DEFORM_CONV2D,)}
+BILINEAR_SAMPLE = Operator(
+    name="bilinear_sample",
+    summary="bilinear sampling G of an image batch at fractional points, DCNv1 Eq. 3-4",
+    differentiable=("image", "y", "x"),
+    linear=("image",),
+    kinked=("y", "x"),
+    implementations={
+        "literal": Implementation("refdyn.bilinear:bilinear_sample_literal",
+                                  "refdyn.bilinear:bilinear_sample_backward_literal"),
+        "vectorized": Implementation("refdyn.bilinear:bilinear_sample",
+                                     "refdyn.bilinear:bilinear_sample_backward"),
+    },
+    configs="refdyn.testing.strategies:bilinear_sample_configs",
+    make_case="refdyn.testing.bilinear_cases:make_case",
+    examples="refdyn.testing.bilinear_cases:example_configs",
+)
+
+OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D)}
 BACKENDS = ("literal", "vectorized", "host", "numba", "cupy")

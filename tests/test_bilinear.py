@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from refdyn.bilinear import G, bilinear_sample, bilinear_sample_grad_coords, \
+from refdyn.bilinear import G, bilinear_sample, bilinear_sample_backward, \
+    bilinear_sample_grad_coords, bilinear_sample_literal, \
     bilinear_sample_grad_image, dg_db, g, sample_point, sample_point_grad
 from refdyn.gradcheck import kink_free_values
 
@@ -127,3 +128,26 @@ def test_unknown_rules_are_rejected():
 def test_float32_stays_float32():
     y = np.array([0.5, 1.25], dtype=np.float32)
     assert bilinear_sample(IMAGE.astype(np.float32), y, y).dtype == np.float32
+
+
+@pytest.mark.parametrize("make,error,message", [
+    (lambda: (IMAGE[0], np.zeros(2), np.zeros(2)), ValueError, "image must be an array of shape"),
+    (lambda: (IMAGE.astype(int), np.zeros(2), np.zeros(2)), TypeError, "image must have dtype"),
+    (lambda: (IMAGE, np.zeros(2), np.zeros(3)), ValueError, r"x must have shape y.shape = \(2,\)"),
+    (lambda: (IMAGE, np.zeros(2, np.float32), np.zeros(2)), TypeError, "y has dtype float32"),
+    (lambda: (IMAGE, np.array([0.5, np.nan]), np.zeros(2)), ValueError, "y must be finite"),
+    (lambda: (IMAGE, np.zeros(2), np.array([np.inf, 0])), ValueError, "x must be finite"),
+    (lambda: (np.zeros((2, 0, 3)), np.zeros(2), np.zeros(2)), ValueError, "H >= 1 and W >= 1"),
+])
+def test_bad_sampling_arguments_raise_a_clear_error(make, error, message):
+    image, y, x = make()
+    for call in (lambda: bilinear_sample(image, y, x),
+                 lambda: bilinear_sample_backward(np.zeros(image.shape[:-2] + y.shape), image, y, x),
+                 lambda: bilinear_sample_literal(image, y, x)):
+        with pytest.raises(error, match=message):
+            call()
+
+
+def test_backward_checks_grad_output_shape():
+    with pytest.raises(ValueError, match="grad_output must have shape"):
+        bilinear_sample_backward(np.zeros(3), IMAGE, np.zeros(2), np.zeros(2))

@@ -15,7 +15,11 @@ from refdyn.registry import DEFORM_CONV2D, Implementation
 def test_check_passes_on_the_numpy_backends(capsys):
     assert cli.main(["check", "--backend", "literal", "--backend", "vectorized"]) == 0
     output = capsys.readouterr().out
-    assert "deform_conv2d  literal" in output and "deform_conv2d  vectorized" in output
+    rows = [line.split() for line in output.splitlines()]
+    for operator in ("bilinear_sample", "deform_conv2d"):
+        for backend in ("literal", "vectorized"):
+            assert [operator, backend] in [row[:2] for row in rows]
+            assert [row[-1] for row in rows if row[:2] == [operator, backend]] == ["ok"]
     assert "all checks passed" in output
 
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
+from .bilinear_cases import KINK_FREE_POINT_KINDS, POINT_KINDS, BilinearConfig
 from .deform_conv_cases import KINK_FREE_OFFSET_KINDS, OFFSET_KINDS, DeformConvConfig
 
 
@@ -62,3 +63,20 @@ def deform_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
         dtype=draw(st.sampled_from(tuple(dtypes))),
         coord_grad=draw(st.sampled_from(tuple(coord_grads))),
         seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def bilinear_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                            kink_free: bool = False, point_kinds: Sequence[str] = POINT_KINDS,
+                            max_extent: int = 6) -> BilinearConfig:
+    """Valid ``bilinear_sample`` configurations: image sizes from 1 x 1, points of every kind,
+    both boundary rules and both offset-gradient rules."""
+    if kink_free:
+        point_kinds = [kind for kind in point_kinds if kind in KINK_FREE_POINT_KINDS]
+    return BilinearConfig(
+        channels=draw(st.sampled_from([1, 2, 3, 0])),
+        height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
+        points=draw(st.integers(1, 8)), point_kind=draw(st.sampled_from(tuple(point_kinds))),
+        boundary=draw(st.sampled_from(("zeros", "border"))),
+        coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
+        dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
