@@ -9,15 +9,21 @@ from hypothesis import example, given, strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from refdyn import deform_conv2d, deform_conv2d_backward
-from refdyn.deform_conv import MEMORY_BOUND_BUFFERS, deform_conv2d_backward_literal, \
-    deform_conv2d_literal
+from refdyn.deform_conv import MEMORY_BOUND_BUFFERS
+from refdyn.registry import DEFORM_CONV2D
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 from refdyn.testing.strategies import deform_conv2d_configs
 
-IMPLEMENTATIONS = {
-    "literal": (deform_conv2d_literal, deform_conv2d_backward_literal),
-    "vectorized": (deform_conv2d, deform_conv2d_backward),
-}
+BACKENDS = list(DEFORM_CONV2D.implementations)
+
+
+def load_backend(name):
+    """(forward, backward) of a registered backend, or a skip naming why it cannot run here."""
+    implementation = DEFORM_CONV2D.implementation(name)
+    problem = implementation.problem()
+    if problem:
+        pytest.skip(f"{name} backend not available: {problem}")
+    return implementation.load()
 
 
 def plain_conv2d(input, weight, bias, stride, padding, dilation):
@@ -161,9 +167,9 @@ def test_extra_memory_stays_within_the_documented_bound(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 def test_outputs_keep_the_input_dtype(name, dtype):
-    forward, backward = IMPLEMENTATIONS[name]
+    forward, backward = load_backend(name)
     case = make_case(DeformConvConfig(dtype=np.dtype(dtype).name))
     assert forward(**case.forward_kwargs()).dtype == dtype
     grads = backward(case.grad_output, **case.backward_kwargs())
@@ -171,9 +177,9 @@ def test_outputs_keep_the_input_dtype(name, dtype):
         assert getattr(grads, field).dtype == dtype, field
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 def test_empty_batch_gives_empty_results(name):
-    forward, backward = IMPLEMENTATIONS[name]
+    forward, backward = load_backend(name)
     case = make_case(DeformConvConfig(batch=0, out_channels=3, height=6, width=4))
     out = forward(**case.forward_kwargs())
     assert out.shape == (0, 3, 6, 4)
@@ -204,11 +210,11 @@ def single_tap_case(tap, image, offset_value=(0.0, 0.0), padding=1):
 IMAGE = np.arange(1.0, 13.0).reshape(3, 4) ** 1.5   # distinct values, no two differences equal
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name):
     """Zero offsets, padding 1: output (0, j) tap (0, 1) samples row -1 exactly (pytorch/vision
     6885).  torchvision returns the right derivative (row 0 weighted); mmcv returns 0."""
-    _, backward = IMPLEMENTATIONS[name]
+    _, backward = load_backend(name)
     input, offset, weight = single_tap_case((0, 1), IMAGE)
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 0, 2] = 1.0                  # samples p = (-1, 2)
@@ -223,11 +229,11 @@ def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name):
     np.testing.assert_array_equal(vision.grad_input, 0.0)
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("coord_grad", ["torchvision", "mmcv"])
 def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(name, coord_grad):
     """p = (H-1, W-1): the right neighbours are outside and read 0, so d/dy = -x[H-1, W-1]."""
-    _, backward = IMPLEMENTATIONS[name]
+    _, backward = load_backend(name)
     input, offset, weight = single_tap_case((1, 1), IMAGE)   # centre tap: p = output position
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 2, 3] = 1.0
@@ -238,9 +244,9 @@ def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(nam
     assert grads.grad_input[0, 0, 2, 3] == 1.0 and grads.grad_input.sum() == 1.0
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 def test_integer_interior_samples_use_the_forward_difference(name):
-    _, backward = IMPLEMENTATIONS[name]
+    _, backward = load_backend(name)
     input, offset, weight = single_tap_case((1, 1), IMAGE, offset_value=(1.0, 1.0))
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 0, 1] = 1.0                   # samples p = (1, 2)
@@ -314,11 +320,11 @@ BAD_FORWARD_ARGUMENTS = {
 }
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("problem", BAD_FORWARD_ARGUMENTS)
 def test_bad_arguments_raise_a_clear_error(name, problem):
     error, message, make = BAD_FORWARD_ARGUMENTS[problem]
-    forward, backward = IMPLEMENTATIONS[name]
+    forward, backward = load_backend(name)
     arrays = make(valid_arrays())
     with pytest.raises(error, match=message):
         forward(**{k: v for k, v in arrays.items() if k != "grad_output"})
@@ -326,9 +332,9 @@ def test_bad_arguments_raise_a_clear_error(name, problem):
         backward(**arrays)
 
 
-@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", BACKENDS)
 def test_bad_backward_arguments_raise_a_clear_error(name):
-    _, backward = IMPLEMENTATIONS[name]
+    _, backward = load_backend(name)
     arrays = valid_arrays()
     with pytest.raises(ValueError, match=r"grad_output must have shape .*\(2, 4, 5, 5\)"):
         backward(**{**arrays, "grad_output": arrays["grad_output"][:, :3]})
