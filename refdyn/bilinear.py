@@ -236,7 +236,12 @@ def bilinear_sample(image: np.ndarray, y: np.ndarray, x: np.ndarray,
 
 def sample_with(image: np.ndarray, stencil: Stencil) -> np.ndarray:
     """Bilinear values from a prepared stencil.  image (..., H, W) -> (..., *P)."""
-    return np.sum(gather_corners(image, stencil) * stencil.weight, axis=image.ndim - 2)
+    return interpolate(gather_corners(image, stencil), stencil, image.ndim - 2)
+
+
+def interpolate(corners: np.ndarray, stencil: Stencil, lead_ndim: int) -> np.ndarray:
+    """sum_q G(q, p) x(q) from gathered corners (..., 4, *P) -> (..., *P)."""
+    return np.sum(corners * stencil.weight, axis=lead_ndim)
 
 
 def coord_grads_with(corners: np.ndarray, stencil: Stencil, lead_ndim: int):

@@ -11,7 +11,7 @@ semantics are torchvision's ``deform_conv2d`` (REFERENCE.md section 2):
 
 For output (n, o, i, j) and tap (a, b), k = a kw + b, input channel c in offset group g:
 
-    p_y = i stride_h - pad_h + a dil_h + offset[n, 2 G... g*2K + 2k, i, j]
+    p_y = i stride_h - pad_h + a dil_h + offset[n, g*2K + 2k, i, j]          (K = kh kw)
     p_x = j stride_w - pad_w + b dil_w + offset[n, g*2K + 2k + 1, i, j]
 
 Two implementations that agree to rounding: ``*_literal`` loops over every index exactly as
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bilinear import G, coord_grads_with, gather_corners, make_stencil, neighbours, \
-    sample_point, sample_point_grad, scatter_with
+from .bilinear import G, coord_grads_with, gather_corners, interpolate, make_stencil, \
+    neighbours, sample_point, sample_point_grad, scatter_with
 from .deform_conv_args import DeformConvGeometry, DeformConvGrads, \
     check_deform_conv2d_args, check_deform_conv2d_backward_args
 
@@ -183,7 +183,7 @@ class _Chunk:
         channel_groups = input[n].reshape(G, geo.in_per_offset_group, geo.height, geo.width)
         self.corners = [gather_corners(channel_groups[g], s) for g, s in enumerate(self.stencils)]
         self.values = np.concatenate(
-            [np.sum(c * s.weight, axis=1) for c, s in zip(self.corners, self.stencils)])
+            [interpolate(c, s, lead_ndim=1) for c, s in zip(self.corners, self.stencils)])
         self.modulation = (np.ones((G, K, self.values.shape[-1]), dtype=geo.dtype) if mask is None
                            else mask[n].reshape(G, K, -1)[..., positions])
 
