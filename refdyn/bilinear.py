@@ -261,22 +261,28 @@ def bilinear_sample_grad_coords(image: np.ndarray, y: np.ndarray, x: np.ndarray,
     return coord_grads_with(gather_corners(image, stencil), stencil, image.ndim - 2)
 
 
-def scatter_with(grad_values: np.ndarray, stencil: Stencil, height: int, width: int) -> np.ndarray:
-    """Adjoint of :func:`sample_with`: d L / d x(q) = sum_p G(q, p) d L / d x(p).
+def scatter_add(grad_image: np.ndarray, grad_values: np.ndarray, stencil: Stencil) -> None:
+    """Adjoint of :func:`sample_with`, accumulated in place: grad_image[q] += sum_p G(q, p) grad_values[p].
 
-    grad_values (B..., *P) -> (B..., H, W), where the trailing dims of grad_values match the
-    stencil's point shape P.
+    grad_image (B..., H, W), C-contiguous, is updated; grad_values (B..., *P), whose trailing dims match the
+    stencil's point shape P.  Only the span of flat pixel indices the stencil touches is summed,
+    so the cost follows the number of points, not the image size.
     """
+    if not grad_image.flags.c_contiguous:
+        raise ValueError("grad_image must be C-contiguous (it is updated in place)")
     point_ndim = stencil.index.ndim - 1
-    lead_shape = grad_values.shape[:grad_values.ndim - point_ndim]
-    lead = int(np.prod(lead_shape, dtype=np.int64))
-    image_size = height * width
+    lead = int(np.prod(grad_values.shape[:grad_values.ndim - point_ndim], dtype=np.int64))
     point_count = stencil.index[0].size
+    if lead == 0 or point_count == 0:
+        return
+    first, last = int(stencil.index.min()), int(stencil.index.max())
+    span = last - first + 1
     weighted = grad_values.reshape(lead, 1, point_count) * stencil.weight.reshape(1, 4, -1)
-    target = (np.arange(lead, dtype=np.int64).reshape(lead, 1, 1) * image_size
-              + stencil.index.reshape(1, 4, -1))
-    summed = np.bincount(target.ravel(), weights=weighted.ravel(), minlength=lead * image_size)
-    return summed.astype(grad_values.dtype, copy=False).reshape(lead_shape + (height, width))
+    target = (np.arange(lead, dtype=np.int64).reshape(lead, 1, 1) * span
+              + (stencil.index.reshape(1, 4, -1) - first))
+    summed = np.bincount(target.ravel(), weights=weighted.ravel(), minlength=lead * span)
+    flat = grad_image.reshape(lead, grad_image.shape[-2] * grad_image.shape[-1])
+    flat[:, first:last + 1] += summed.reshape(lead, span).astype(grad_image.dtype, copy=False)
 
 
 def bilinear_sample_grad_image(grad_values: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -285,9 +291,10 @@ def bilinear_sample_grad_image(grad_values: np.ndarray, y: np.ndarray, x: np.nda
 
     grad_values (..., *P), y, x (*P), image_shape (..., H, W) -> (..., H, W).
     """
-    height, width = image_shape[-2], image_shape[-1]
-    stencil = make_stencil(y, x, height, width, boundary)
-    return scatter_with(grad_values, stencil, height, width).reshape(image_shape)
+    stencil = make_stencil(y, x, image_shape[-2], image_shape[-1], boundary)
+    grad_image = np.zeros(image_shape, dtype=grad_values.dtype)
+    scatter_add(grad_image, grad_values, stencil)
+    return grad_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +380,9 @@ def bilinear_sample_backward(grad_output, image, y, x, boundary: str = "zeros",
     lead_ndim = image.ndim - 2
     d_y, d_x = coord_grads_with(gather_corners(image, stencil), stencil, lead_ndim)
     lead_axes = tuple(range(lead_ndim))
+    grad_image = np.zeros(image.shape, dtype=dtype)
+    scatter_add(grad_image, grad_output, stencil)
     return BilinearGrads(
-        grad_image=scatter_with(grad_output, stencil, height, width).reshape(image.shape),
+        grad_image=grad_image,
         grad_y=np.sum(grad_output * d_y, axis=lead_axes).astype(dtype, copy=False),
         grad_x=np.sum(grad_output * d_x, axis=lead_axes).astype(dtype, copy=False))

@@ -25,15 +25,16 @@ from __future__ import annotations
 import numpy as np
 
 from .bilinear import G, coord_grads_with, gather_corners, interpolate, make_stencil, \
-    neighbours, sample_point, sample_point_grad, scatter_with
+    neighbours, sample_point, sample_point_grad, scatter_add
 from .deform_conv_args import DeformConvGeometry, DeformConvGrads, \
     check_deform_conv2d_args, check_deform_conv2d_backward_args
 
 #: Column elements (C_in * kh * kw * output positions) the vectorized version samples per chunk.
 #: Documented bound, checked by the tests: besides its results (the output, or the gradients
 #: plus one float64 image gradient of an offset group), a call allocates at most
-#: MEMORY_BOUND_BUFFERS * chunk_elements * 8 bytes at any time, 64 MiB at the default, whatever
-#: the layer size (the sampled columns, their four corners, the stencils, the column gradient).
+#: MEMORY_BOUND_BUFFERS * max(chunk_elements, C_in * kh * kw) * 8 bytes at any time (a chunk
+#: holds at least one output position), 64 MiB at the default for any layer with
+#: C_in * kh * kw <= 2**18 (the sampled columns, their corners, the stencils, the column gradient).
 DEFAULT_CHUNK_ELEMENTS = 1 << 18
 MEMORY_BOUND_BUFFERS = 32
 
@@ -240,7 +241,8 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     G, K, Cg = geo.offset_groups, geo.taps, geo.in_per_offset_group
     grad_input = np.zeros(input.shape, dtype=geo.dtype)
     grad_offset = np.zeros((geo.batch, G, K, 2, geo.out_h * geo.out_w), dtype=geo.dtype)
-    grad_mask = np.zeros((geo.batch, G, K, geo.out_h * geo.out_w), dtype=geo.dtype)
+    grad_mask = (np.zeros((geo.batch, G, K, geo.out_h * geo.out_w), dtype=geo.dtype)
+                 if mask is not None else None)
     grad_weight_mat = np.zeros(_grouped_weight(geo, weight).shape, dtype=geo.dtype)
     weight_mat = _grouped_weight(geo, weight)
     grad_out_flat = grad_output.reshape(geo.batch, geo.groups, geo.out_per_group,
@@ -251,15 +253,15 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
         columns = chunk.modulate(geo, chunk.values).reshape(geo.groups, -1, go.shape[-1])
         grad_weight_mat += go @ columns.transpose(0, 2, 1)
         grad_columns = (weight_mat.transpose(0, 2, 1) @ go).reshape(chunk.values.shape)
-        grad_mask[n, :, :, positions] = np.sum(
-            (grad_columns * chunk.values).reshape(G, Cg, K, -1), axis=1)
+        if mask is not None:
+            grad_mask[n, :, :, positions] = np.sum(
+                (grad_columns * chunk.values).reshape(G, Cg, K, -1), axis=1)
         grad_sampled = chunk.modulate(geo, grad_columns).reshape(G, Cg, K, -1)
         for g, (stencil, corners) in enumerate(zip(chunk.stencils, chunk.corners)):
             dx_dpy, dx_dpx = coord_grads_with(corners, stencil, lead_ndim=1)
             grad_offset[n, g, :, 0, positions] = np.sum(grad_sampled[g] * dx_dpy, axis=0)
             grad_offset[n, g, :, 1, positions] = np.sum(grad_sampled[g] * dx_dpx, axis=0)
-            grad_input[n, g * Cg:(g + 1) * Cg] += scatter_with(
-                grad_sampled[g], stencil, geo.height, geo.width)
+            scatter_add(grad_input[n, g * Cg:(g + 1) * Cg], grad_sampled[g], stencil)
     return DeformConvGrads(
         grad_input=grad_input,
         grad_offset=grad_offset.reshape(offset.shape),

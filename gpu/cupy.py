@@ -1,0 +1,87 @@
+"""The CUDA C kernels of ``deform_conv.cu`` on a GPU via CuPy (importable as ``refdyn.gpu.cupy``).
+
+The source is compiled once by NVRTC (``cupy.RawModule``) and kept.  Same functions and
+arguments as :mod:`refdyn.deform_conv`; NumPy arrays are copied to the device and the results
+come back as NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array
+when ``input`` is one).  :func:`refdyn.gpu.backend_problem` says whether this can run here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import cupy
+import numpy as np
+
+from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
+from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
+    check_deform_conv2d_backward_args
+
+from . import _cuda_c
+
+#: Launch configuration: threads per block, and a cap on the blocks (the kernels' grid-stride
+#: loops cover any remaining elements).
+THREADS_PER_BLOCK = 256
+MAX_BLOCKS = 65535
+
+SOURCE = Path(__file__).resolve().parent / "deform_conv.cu"
+
+
+@lru_cache(maxsize=None)
+def _module() -> cupy.RawModule:
+    return cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",))
+
+
+def launch(name: str, total_threads: int, args) -> None:
+    """Run kernel ``name`` on the current stream with at least ``total_threads`` threads (up to
+    MAX_BLOCKS blocks); ints are passed as long long, None as a null pointer."""
+    blocks = max(1, min(-(-total_threads // THREADS_PER_BLOCK), MAX_BLOCKS))
+    arguments = tuple(np.int64(value) if isinstance(value, int) else value for value in args)
+    _module().get_function(name)((blocks,), (THREADS_PER_BLOCK,), arguments)
+
+
+def _all_finite(array) -> bool:
+    return bool(cupy.get_array_module(array).isfinite(array).all())
+
+
+def _to_device(*arrays):
+    return [None if array is None else cupy.ascontiguousarray(cupy.asarray(array))
+            for array in arrays]
+
+
+def _like_input(array, input):
+    """``array`` as a CuPy array if ``input`` is one, else as a NumPy array."""
+    if array is None or isinstance(input, cupy.ndarray):
+        return array
+    return cupy.asnumpy(array)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1) on the GPU.
+
+    Same arguments and result as :func:`refdyn.deform_conv2d`; NumPy or CuPy arrays.
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   all_finite=_all_finite)
+    output = _cuda_c.forward(cupy, launch, geo, *_to_device(input, offset, weight, bias, mask))
+    return _like_input(output, input)
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
+                           dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
+                           *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+    """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2) on the GPU.
+
+    Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:
+    grad_input by an ordered gather (bitwise reproducible) instead of atomicAdd.
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   all_finite=_all_finite)
+    check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
+    device_grad_output, device_input, device_offset, device_weight, device_mask = _to_device(
+        grad_output, input, offset, weight, mask)
+    grads = _cuda_c.backward(cupy, launch, geo, device_grad_output, device_input, device_offset,
+                             device_weight, device_mask, coord_grad, deterministic, chunk_elements)
+    return DeformConvGrads(**{name: _like_input(value, input)
+                              for name, value in vars(grads).items()})

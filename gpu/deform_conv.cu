@@ -1,0 +1,531 @@
+// Deformable convolution, DCNv1 (Dai et al. 2017, Eq. 2-4, Appendix A) and DCNv2 (Zhu et al.
+// 2019, Eq. 1), forward and backward, in CUDA C.
+//
+//     y(p0) = sum_k w_k * x(p0 + p_k + dp_k) * dm_k     (DCNv2 Eq. 1; dm_k = 1 in DCNv1 Eq. 2)
+//
+// Layout and semantics are those of the NumPy reference refdyn/deform_conv.py (torchvision's):
+//     input  (N, C_in, H, W)              offset (N, 2 G K, H_out, W_out), (dy, dx) per tap
+//     weight (C_out, C_in / groups, kh, kw)  mask (N, G K, H_out, W_out), K = kh kw taps
+//     bias   (C_out,)                     output (N, C_out, H_out, W_out)
+// Input channel c belongs to group c / (C_in / groups) and to offset group g = c / (C_in / G).
+// Every array is C-contiguous; mask and bias may be null (DCNv1, no bias).
+//
+// Each kernel is a template over scalar_t (float, double), exported at the end of the file as
+// extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
+// grid-stride loop, so it is correct for any launch configuration, and indexes with 64-bit
+// integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
+// compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header.
+//
+// Backward (DCNv1 Appendix A, with DCNv2's modulation), go = dL/d output:
+//     col_grad[n, c, k, i, j] = sum_{o in group(c)} w[o, c', k] go[n, o, i, j]
+//     dL/d x(q)   = sum over samples p of col_grad dm G(q, p)          (scatter, or ordered gather)
+//     dL/d dp_k   = sum_{c in offset group} col_grad dm d x_c(p)/d p    (Eq. 7)
+//     dL/d dm_k   = sum_{c in offset group} col_grad x_c(p)
+//     dL/d w      = sum_{n, i, j} go x_c(p) dm;     dL/d bias = sum_{n, i, j} go
+
+typedef long long index_t;
+
+// The sizes of one call: 17 int64 values, in the order of GEOMETRY_FIELDS in _cuda_c.py.
+// Each kernel receives a pointer to it and copies it into its body's by-value parameter.
+struct Geometry {
+    index_t batch, in_channels, height, width;
+    index_t out_channels, kernel_h, kernel_w, groups, offset_groups;
+    index_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+    index_t out_h, out_w;
+
+    __device__ index_t taps() const { return kernel_h * kernel_w; }
+    __device__ index_t positions() const { return out_h * out_w; }
+    __device__ index_t pixels() const { return height * width; }
+    __device__ index_t in_per_group() const { return in_channels / groups; }
+    __device__ index_t out_per_group() const { return out_channels / groups; }
+    __device__ index_t in_per_offset_group() const { return in_channels / offset_groups; }
+};
+
+// The offset-gradient rule at the edge of the zeros boundary (pytorch/vision issue 6885).
+enum CoordGradRule { COORD_GRAD_TORCHVISION = 0, COORD_GRAD_MMCV = 1 };
+
+#define GRID_STRIDE_LOOP(idx, total)                                                    \
+    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
+         idx += (index_t)blockDim.x * gridDim.x)
+
+// A flat index of a (..., H_out, W_out) array split into the output position and the rest.
+struct Position {
+    index_t rest, i, j, flat;  // flat = i * W_out + j
+};
+
+__device__ __forceinline__ Position split_position(const Geometry& geo, index_t idx)
+{
+    const index_t flat = idx % geo.positions();
+    return {idx / geo.positions(), flat / geo.out_w, flat % geo.out_w, flat};
+}
+
+// Flat index of offset[n, g 2K + 2k, i, j], the dy of tap k (its dx is H_out W_out further).
+__device__ __forceinline__ index_t offset_index(const Geometry& geo, index_t n, index_t g,
+                                                index_t k, const Position& pos)
+{
+    return ((n * geo.offset_groups + g) * 2 * geo.taps() + 2 * k) * geo.positions() + pos.flat;
+}
+
+// Flat index of col_grad[n, c, k, i, j].
+__device__ __forceinline__ index_t column_index(const Geometry& geo, index_t n, index_t c,
+                                                index_t k, const Position& pos)
+{
+    return ((n * geo.in_channels + c) * geo.taps() + k) * geo.positions() + pos.flat;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling points and bilinear interpolation (DCNv1 Eq. 2-4)
+// ---------------------------------------------------------------------------------------------
+
+// A point (y, x); also used for a gradient (d/dy, d/dx).
+template <typename scalar_t>
+struct Point {
+    scalar_t y, x;
+};
+
+// p = p0 + p_k + dp_k for output position (i, j), tap k = a kw + b, offset group g (DCNv1 Eq. 2).
+// p0 + p_k is exact in integers; adding the offset rounds once, in scalar_t, like the reference.
+template <typename scalar_t>
+__device__ __forceinline__ Point<scalar_t> sampling_point(const Geometry& geo,
+                                                          const scalar_t* offset, index_t n,
+                                                          index_t g, index_t k, const Position& pos)
+{
+    const index_t a = k / geo.kernel_w, b = k % geo.kernel_w;
+    const index_t dy_at = offset_index(geo, n, g, k, pos), dx_at = dy_at + geo.positions();
+    return {(scalar_t)(pos.i * geo.stride_h - geo.pad_h + a * geo.dilation_h) + offset[dy_at],
+            (scalar_t)(pos.j * geo.stride_w - geo.pad_w + b * geo.dilation_w) + offset[dx_at]};
+}
+
+// The modulation scalar dm_k of DCNv2 Eq. 1 (1 without a mask, DCNv1).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t modulation(const Geometry& geo, const scalar_t* mask, index_t n,
+                                               index_t g, index_t k, const Position& pos)
+{
+    if (mask == nullptr) return scalar_t(1);
+    return mask[((n * geo.offset_groups + g) * geo.taps() + k) * geo.positions() + pos.flat];
+}
+
+// The zeros rule: x(p) = 0 unless -1 < p_y < H and -1 < p_x < W (REFERENCE.md section 1).
+template <typename scalar_t>
+__device__ __forceinline__ bool in_sampling_region(Point<scalar_t> p, index_t height, index_t width)
+{
+    return p.y > scalar_t(-1) && p.y < (scalar_t)height && p.x > scalar_t(-1)
+           && p.x < (scalar_t)width;
+}
+
+// Some neighbour of p lies in the image only if -2 < p_y < H + 1 and -2 < p_x < W + 1.  Outside
+// this band every value and derivative is 0, so no far (or huge) coordinate reaches floor().
+template <typename scalar_t>
+__device__ __forceinline__ bool near_image(Point<scalar_t> p, index_t height, index_t width)
+{
+    return p.y > scalar_t(-2) && p.y < (scalar_t)(height + 1) && p.x > scalar_t(-2)
+           && p.x < (scalar_t)(width + 1);
+}
+
+// The four integer neighbours q of a point p near the image and their bilinear weights
+// G(q, p) = g(q_y, p_y) g(q_x, p_x), g(a, b) = max(0, 1 - |a - b|) (DCNv1 Eq. 3-4).
+// Corner 0..3 is (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1), with y0 = floor(p_y).
+template <typename scalar_t>
+struct Neighbours {
+    index_t y0, x0;
+    scalar_t ly, lx;  // p - floor(p), in [0, 1)
+
+    __device__ explicit Neighbours(Point<scalar_t> p)
+    {
+        const scalar_t fy = floor(p.y), fx = floor(p.x);
+        y0 = (index_t)fy;
+        x0 = (index_t)fx;
+        ly = p.y - fy;
+        lx = p.x - fx;
+    }
+
+    __device__ index_t row(int corner) const { return y0 + corner / 2; }
+    __device__ index_t col(int corner) const { return x0 + corner % 2; }
+
+    __device__ bool in_image(int corner, index_t height, index_t width) const
+    {
+        return row(corner) >= 0 && row(corner) < height && col(corner) >= 0 && col(corner) < width;
+    }
+
+    // G(q, p): (1 - ly)(1 - lx), (1 - ly) lx, ly (1 - lx), ly lx.
+    __device__ scalar_t weight(int corner) const
+    {
+        const scalar_t wy = corner / 2 ? ly : scalar_t(1) - ly;
+        const scalar_t wx = corner % 2 ? lx : scalar_t(1) - lx;
+        return wy * wx;
+    }
+
+    // x(q); corners outside the image read 0 (zeros rule).
+    __device__ scalar_t read(const scalar_t* image, index_t height, index_t width, int corner) const
+    {
+        if (!in_image(corner, height, width)) return scalar_t(0);
+        return image[row(corner) * width + col(corner)];
+    }
+};
+
+// x(p) = sum_q G(q, p) x(q) under the zeros rule (DCNv1 Eq. 3).  image: one (H, W) channel.
+template <typename scalar_t>
+__device__ scalar_t bilinear_sample(const scalar_t* image, index_t height, index_t width,
+                                    Point<scalar_t> p)
+{
+    if (!in_sampling_region(p, height, width)) return scalar_t(0);
+    const Neighbours<scalar_t> q(p);
+    scalar_t value = 0;
+    for (int corner = 0; corner < 4; ++corner) {
+        value += q.weight(corner) * q.read(image, height, width, corner);
+    }
+    return value;
+}
+
+// (d x(p)/d p_y, d x(p)/d p_x) (DCNv1 Appendix A, Eq. 7), the right derivative where a coordinate
+// is an integer (floor):
+//     d x(p)/d p_y = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
+//     d x(p)/d p_x = (1 - ly)(x[y0, x0+1] - x[y0, x0]) + ly (x[y0+1, x0+1] - x[y0+1, x0])
+// COORD_GRAD_TORCHVISION applies this with no early exit (so at p_y = -1 it reads row 0);
+// COORD_GRAD_MMCV returns 0 outside the sampling region (also the official DCNv2 code).
+template <typename scalar_t>
+__device__ Point<scalar_t> bilinear_coord_grad(const scalar_t* image, index_t height, index_t width,
+                                               Point<scalar_t> p, index_t rule)
+{
+    Point<scalar_t> grad = {scalar_t(0), scalar_t(0)};
+    if (rule == COORD_GRAD_MMCV && !in_sampling_region(p, height, width)) return grad;
+    if (!near_image(p, height, width)) return grad;
+    const Neighbours<scalar_t> q(p);
+    const scalar_t v00 = q.read(image, height, width, 0), v01 = q.read(image, height, width, 1);
+    const scalar_t v10 = q.read(image, height, width, 2), v11 = q.read(image, height, width, 3);
+    grad.y = (scalar_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01);
+    grad.x = (scalar_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10);
+    return grad;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward (DCNv1 Eq. 2, DCNv2 Eq. 1)
+// ---------------------------------------------------------------------------------------------
+
+// out[n, o, i, j] = bias[o] + sum_{c in group(o)} sum_k w[o, c', k] x_c(p_k) dm_k, one thread per
+// output element, summed directly (no im2col buffer).
+template <typename scalar_t>
+__device__ void forward(const Geometry geo, const scalar_t* input, const scalar_t* offset,
+                        const scalar_t* mask, const scalar_t* weight, const scalar_t* bias,
+                        scalar_t* output)
+{
+    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.out_channels * geo.positions()) {
+        const Position pos = split_position(geo, idx);
+        const index_t o = pos.rest % geo.out_channels, n = pos.rest / geo.out_channels;
+        const index_t first_channel = o / geo.out_per_group() * in_per_group;
+        scalar_t sum = 0;
+        for (index_t c_local = 0; c_local < in_per_group; ++c_local) {
+            const index_t c = first_channel + c_local;
+            const index_t g = c / geo.in_per_offset_group();
+            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
+            for (index_t k = 0; k < taps; ++k) {
+                const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+                const scalar_t column = bilinear_sample(image, geo.height, geo.width, p)
+                                        * modulation(geo, mask, n, g, k, pos);
+                sum += weight[(o * in_per_group + c_local) * taps + k] * column;
+            }
+        }
+        output[idx] = bias == nullptr ? sum : sum + bias[o];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward (DCNv1 Appendix A; DCNv2 Eq. 1 for the mask)
+// ---------------------------------------------------------------------------------------------
+
+// col_grad[n, c, k, i, j] = sum_{o in group(c)} w[o, c', k] go[n, o, i, j]: dL/d(x_c(p_k) dm_k).
+template <typename scalar_t>
+__device__ void col_grad(const Geometry geo, const scalar_t* weight, const scalar_t* grad_output,
+                         scalar_t* column_grad)
+{
+    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
+    const index_t out_per_group = geo.out_per_group();
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * taps * geo.positions()) {
+        const Position pos = split_position(geo, idx);
+        const index_t k = pos.rest % taps, c = pos.rest / taps % geo.in_channels;
+        const index_t n = pos.rest / (taps * geo.in_channels);
+        const index_t c_local = c % in_per_group, first_out = c / in_per_group * out_per_group;
+        scalar_t sum = 0;
+        for (index_t o = first_out; o < first_out + out_per_group; ++o) {
+            sum += weight[(o * in_per_group + c_local) * taps + k]
+                   * grad_output[(n * geo.out_channels + o) * geo.positions() + pos.flat];
+        }
+        column_grad[idx] = sum;
+    }
+}
+
+// dL/d dp_k = sum_c col_grad dm_k d x_c(p)/d p (Eq. 7) and dL/d dm_k = sum_c col_grad x_c(p) over
+// the channels c of offset group g; one thread per (n, g, k, i, j).  grad_mask is null without
+// a mask.
+template <typename scalar_t>
+__device__ void grad_offset_mask(const Geometry geo, const scalar_t* input, const scalar_t* offset,
+                                 const scalar_t* mask, const scalar_t* column_grad, index_t rule,
+                                 scalar_t* grad_offset, scalar_t* grad_mask)
+{
+    const index_t taps = geo.taps(), per_offset_group = geo.in_per_offset_group();
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.offset_groups * taps * geo.positions()) {
+        const Position pos = split_position(geo, idx);
+        const index_t k = pos.rest % taps, g = pos.rest / taps % geo.offset_groups;
+        const index_t n = pos.rest / (taps * geo.offset_groups);
+        const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+        const scalar_t m = modulation(geo, mask, n, g, k, pos);
+        Point<scalar_t> grad_p = {scalar_t(0), scalar_t(0)};
+        scalar_t grad_m = 0;
+        for (index_t c = g * per_offset_group; c < (g + 1) * per_offset_group; ++c) {
+            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
+            const scalar_t col = column_grad[column_index(geo, n, c, k, pos)];
+            const Point<scalar_t> dx_dp = bilinear_coord_grad(image, geo.height, geo.width, p,
+                                                              rule);
+            grad_p.y += col * m * dx_dp.y;
+            grad_p.x += col * m * dx_dp.x;
+            if (grad_mask != nullptr) {
+                grad_m += col * bilinear_sample(image, geo.height, geo.width, p);
+            }
+        }
+        const index_t dy_at = offset_index(geo, n, g, k, pos);
+        grad_offset[dy_at] = grad_p.y;
+        grad_offset[dy_at + geo.positions()] = grad_p.x;
+        if (grad_mask != nullptr) grad_mask[idx] = grad_m;
+    }
+}
+
+// dL/d x(q) += col_grad dm G(q, p) for the neighbours q of every sample p: the adjoint of Eq. 3,
+// one thread per (n, c, k, i, j), summed with atomicAdd (the order, and so the last bits, vary).
+// grad_input must hold zeros first.
+template <typename scalar_t>
+__device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, const scalar_t* mask,
+                                  const scalar_t* column_grad, scalar_t* grad_input)
+{
+    const index_t taps = geo.taps();
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * taps * geo.positions()) {
+        const Position pos = split_position(geo, idx);
+        const index_t k = pos.rest % taps, c = pos.rest / taps % geo.in_channels;
+        const index_t n = pos.rest / (taps * geo.in_channels);
+        const index_t g = c / geo.in_per_offset_group();
+        const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+        if (!in_sampling_region(p, geo.height, geo.width)) continue;  // x(p) = 0 reads no pixel
+        const Neighbours<scalar_t> q(p);
+        const scalar_t grad_sample = column_grad[idx] * modulation(geo, mask, n, g, k, pos);
+        scalar_t* grad_image = grad_input + (n * geo.in_channels + c) * geo.pixels();
+        for (int corner = 0; corner < 4; ++corner) {
+            if (q.in_image(corner, geo.height, geo.width)) {
+                atomicAdd(&grad_image[q.row(corner) * geo.width + q.col(corner)],
+                          grad_sample * q.weight(corner));
+            }
+        }
+    }
+}
+
+// Deterministic dL/d x(q), with no floating-point atomics.  The samples of one (n, offset group g)
+// that touch a pixel form that pixel's list of contributions, identified by
+//     id = (k * H_out * W_out + i * W_out + j) * 4 + corner.
+// Four passes, the lists stored CSR-style (starts = exclusive prefix sum of the sizes):
+//   count_contributions:  sizes[n, g, pixel] += 1 per contribution    (integer atomics)
+//   fill_contributions:   entries[starts + slot] = id, slots taken with integer atomics
+//   sort_contributions:   each list sorted by id (insertion sort; lists are short)
+//   grad_input_gather:    per (n, c, pixel) the sum of col_grad dm G(q, p) in list order,
+// so every run adds the same terms in the same order.
+
+// Calls visit(list, id) for each contribution of sample (n, g, k, i, j); idx is that sample's
+// flat index and list = (n * G + g) * H * W + pixel.
+template <typename scalar_t, typename Visit>
+__device__ __forceinline__ void for_each_contribution(const Geometry& geo, const scalar_t* offset,
+                                                      index_t idx, Visit visit)
+{
+    const index_t taps = geo.taps();
+    const Position pos = split_position(geo, idx);
+    const index_t k = pos.rest % taps, g = pos.rest / taps % geo.offset_groups;
+    const index_t n = pos.rest / (taps * geo.offset_groups);
+    const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+    if (!in_sampling_region(p, geo.height, geo.width)) return;
+    const Neighbours<scalar_t> q(p);
+    const index_t first_list = (n * geo.offset_groups + g) * geo.pixels();
+    for (int corner = 0; corner < 4; ++corner) {
+        if (q.in_image(corner, geo.height, geo.width)) {
+            visit(first_list + q.row(corner) * geo.width + q.col(corner),
+                  (k * geo.positions() + pos.flat) * 4 + corner);
+        }
+    }
+}
+
+// sizes[n, g, pixel] = number of contributions to the pixel; one thread per (n, g, k, i, j).
+// sizes must hold zeros first.
+template <typename scalar_t>
+__device__ void count_contributions(const Geometry geo, const scalar_t* offset,
+                                    unsigned long long* sizes)
+{
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.offset_groups * geo.taps() * geo.positions()) {
+        for_each_contribution(geo, offset, idx, [&](index_t list, index_t) {
+            atomicAdd(&sizes[list], 1ULL);
+        });
+    }
+}
+
+// entries[starts[list] + slot] = id, in whatever order the threads arrive; filled must hold zeros.
+template <typename scalar_t>
+__device__ void fill_contributions(const Geometry geo, const scalar_t* offset,
+                                   const index_t* starts, unsigned long long* filled,
+                                   index_t* entries)
+{
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.offset_groups * geo.taps() * geo.positions()) {
+        for_each_contribution(geo, offset, idx, [&](index_t list, index_t id) {
+            const index_t slot = (index_t)atomicAdd(&filled[list], 1ULL);
+            entries[starts[list] + slot] = id;
+        });
+    }
+}
+
+// Sorts each list by contribution id (insertion sort); one thread per (n, g, pixel).
+__device__ void sort_contributions(const Geometry geo, const index_t* starts,
+                                   const unsigned long long* sizes, index_t* entries)
+{
+    GRID_STRIDE_LOOP(list, geo.batch * geo.offset_groups * geo.pixels()) {
+        index_t* ids = entries + starts[list];
+        const index_t size = (index_t)sizes[list];
+        for (index_t e = 1; e < size; ++e) {
+            const index_t id = ids[e];
+            index_t at = e;
+            for (; at > 0 && ids[at - 1] > id; --at) ids[at] = ids[at - 1];
+            ids[at] = id;
+        }
+    }
+}
+
+// grad_input[n, c, pixel] = sum over the sorted list of (n, g(c), pixel) of col_grad dm G(q, p).
+template <typename scalar_t>
+__device__ void grad_input_gather(const Geometry geo, const scalar_t* offset, const scalar_t* mask,
+                                  const scalar_t* column_grad, const index_t* starts,
+                                  const unsigned long long* sizes, const index_t* entries,
+                                  scalar_t* grad_input)
+{
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * geo.pixels()) {
+        const index_t pixel = idx % geo.pixels(), c = idx / geo.pixels() % geo.in_channels;
+        const index_t n = idx / (geo.pixels() * geo.in_channels);
+        const index_t g = c / geo.in_per_offset_group();
+        const index_t list = (n * geo.offset_groups + g) * geo.pixels() + pixel;
+        scalar_t sum = 0;
+        for (index_t e = starts[list]; e < starts[list] + (index_t)sizes[list]; ++e) {
+            const index_t id = entries[e];
+            const int corner = (int)(id % 4);
+            const Position pos = split_position(geo, id / 4);
+            const index_t k = pos.rest;
+            const Neighbours<scalar_t> q(sampling_point(geo, offset, n, g, k, pos));
+            const scalar_t grad_sample = column_grad[column_index(geo, n, c, k, pos)]
+                                         * modulation(geo, mask, n, g, k, pos);
+            sum += grad_sample * q.weight(corner);
+        }
+        grad_input[idx] = sum;
+    }
+}
+
+// grad_weight[o, c', k] = sum_{n, i, j} go[n, o, i, j] x_c(p_k) dm_k, gathered by one thread per
+// weight element (no atomics).
+template <typename scalar_t>
+__device__ void grad_weight(const Geometry geo, const scalar_t* input, const scalar_t* offset,
+                            const scalar_t* mask, const scalar_t* grad_output, scalar_t* grad_w)
+{
+    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
+    GRID_STRIDE_LOOP(idx, geo.out_channels * in_per_group * taps) {
+        const index_t k = idx % taps, c_local = idx / taps % in_per_group;
+        const index_t o = idx / (taps * in_per_group);
+        const index_t c = o / geo.out_per_group() * in_per_group + c_local;
+        const index_t g = c / geo.in_per_offset_group();
+        scalar_t sum = 0;
+        for (index_t n = 0; n < geo.batch; ++n) {
+            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
+            const scalar_t* go = grad_output + (n * geo.out_channels + o) * geo.positions();
+            for (index_t flat = 0; flat < geo.positions(); ++flat) {
+                const Position pos = split_position(geo, flat);
+                const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+                sum += go[flat] * (bilinear_sample(image, geo.height, geo.width, p)
+                                   * modulation(geo, mask, n, g, k, pos));
+            }
+        }
+        grad_w[idx] = sum;
+    }
+}
+
+// grad_bias[o] = sum_{n, i, j} go[n, o, i, j], one thread per output channel.
+template <typename scalar_t>
+__device__ void grad_bias(const Geometry geo, const scalar_t* grad_output, scalar_t* grad_b)
+{
+    GRID_STRIDE_LOOP(o, geo.out_channels) {
+        scalar_t sum = 0;
+        for (index_t n = 0; n < geo.batch; ++n) {
+            const scalar_t* go = grad_output + (n * geo.out_channels + o) * geo.positions();
+            for (index_t flat = 0; flat < geo.positions(); ++flat) sum += go[flat];
+        }
+        grad_b[o] = sum;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exported kernels: deform_conv_<name>_f32 / _f64 (and the dtype-free sort)
+// ---------------------------------------------------------------------------------------------
+
+extern "C" __global__ void deform_conv_sort_contributions(const Geometry* geo,
+                                                          const index_t* starts,
+                                                          const unsigned long long* sizes,
+                                                          index_t* entries)
+{
+    sort_contributions(*geo, starts, sizes, entries);
+}
+
+#define DEFORM_CONV_KERNELS(suffix, scalar_t)                                                     \
+    extern "C" __global__ void deform_conv_forward_##suffix(                                      \
+        const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
+        const scalar_t* weight, const scalar_t* bias, scalar_t* output)                           \
+    {                                                                                             \
+        forward(*geo, input, offset, mask, weight, bias, output);                                 \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_col_grad_##suffix(                                     \
+        const Geometry* geo, const scalar_t* weight, const scalar_t* grad_output,                 \
+        scalar_t* column_grad)                                                                    \
+    {                                                                                             \
+        col_grad(*geo, weight, grad_output, column_grad);                                         \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_offset_mask_##suffix(                             \
+        const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
+        const scalar_t* column_grad, index_t rule, scalar_t* grad_offset, scalar_t* grad_mask)    \
+    {                                                                                             \
+        grad_offset_mask(*geo, input, offset, mask, column_grad, rule, grad_offset, grad_mask);   \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_input_atomic_##suffix(                            \
+        const Geometry* geo, const scalar_t* offset, const scalar_t* mask,                        \
+        const scalar_t* column_grad, scalar_t* grad_input)                                        \
+    {                                                                                             \
+        grad_input_atomic(*geo, offset, mask, column_grad, grad_input);                           \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_count_contributions_##suffix(                          \
+        const Geometry* geo, const scalar_t* offset, unsigned long long* sizes)                   \
+    {                                                                                             \
+        count_contributions(*geo, offset, sizes);                                                 \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_fill_contributions_##suffix(                           \
+        const Geometry* geo, const scalar_t* offset, const index_t* starts,                       \
+        unsigned long long* filled, index_t* entries)                                             \
+    {                                                                                             \
+        fill_contributions(*geo, offset, starts, filled, entries);                                \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_input_gather_##suffix(                            \
+        const Geometry* geo, const scalar_t* offset, const scalar_t* mask,                        \
+        const scalar_t* column_grad, const index_t* starts, const unsigned long long* sizes,      \
+        const index_t* entries, scalar_t* grad_input)                                             \
+    {                                                                                             \
+        grad_input_gather(*geo, offset, mask, column_grad, starts, sizes, entries, grad_input);   \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_weight_##suffix(                                  \
+        const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
+        const scalar_t* grad_output, scalar_t* grad_w)                                            \
+    {                                                                                             \
+        grad_weight(*geo, input, offset, mask, grad_output, grad_w);                              \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_bias_##suffix(                                    \
+        const Geometry* geo, const scalar_t* grad_output, scalar_t* grad_b)                       \
+    {                                                                                             \
+        grad_bias(*geo, grad_output, grad_b);                                                     \
+    }
+
+DEFORM_CONV_KERNELS(f32, float)
+DEFORM_CONV_KERNELS(f64, double)

@@ -1,0 +1,171 @@
+"""The CUDA C kernels of ``deform_conv.cu`` run on the CPU (importable as ``refdyn.gpu.host``).
+
+The very same source the GPU backend compiles is built by the host C++ compiler
+(``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, into a shared
+library cached per user and rebuilt whenever the sources or the compiler change.  Each kernel
+launch is played by a Python loop over a small grid of :data:`GRID_BLOCKS` blocks of
+:data:`BLOCK_THREADS` threads: before each call the harness sets ``blockIdx``/``threadIdx``,
+so every kernel's grid-stride loop and index arithmetic run exactly as written for the GPU.
+
+Same functions and arguments as :mod:`refdyn.deform_conv`; NumPy arrays in and out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import getpass
+import hashlib
+import os
+import stat
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
+from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
+    check_deform_conv2d_backward_args
+
+from . import _cuda_c, host_compiler
+
+#: The grid each kernel is launched on: a few blocks of a few threads, so that every thread
+#: strides over several elements (any values are correct; tests vary them).
+GRID_BLOCKS = 2
+BLOCK_THREADS = 3
+
+SOURCE_DIR = Path(__file__).resolve().parent
+SOURCES = (SOURCE_DIR / "cuda_host_compat.h", SOURCE_DIR / "deform_conv.cu")
+COMPILE_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: $XDG_CACHE_HOME/refdyn (default ~/.cache/refdyn), or a
+    private per-user folder in the temporary directory when that cannot be written."""
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        directory = base / "refdyn"
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory
+    except (OSError, RuntimeError):  # RuntimeError: no home directory
+        pass
+    return _private_temp_dir()
+
+
+def _private_temp_dir() -> Path:
+    """A folder in the shared temporary directory that only this user can write, so nobody
+    else can place a library there for this process to load."""
+    user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    directory = Path(tempfile.gettempdir()) / f"refdyn-{user}"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    status = directory.lstat()
+    if (not stat.S_ISDIR(status.st_mode) or status.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+            or (hasattr(os, "getuid") and status.st_uid != os.getuid())):
+        raise RuntimeError(f"{directory} is not a private directory of this user; set "
+                           "XDG_CACHE_HOME to a writable folder for the host build")
+    return directory
+
+
+def _build_key(compiler: str) -> str:
+    """Hash of the sources, the compiler (path and version) and the flags."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True)
+    digest = hashlib.sha256()
+    for part in (compiler, version.stdout, " ".join(COMPILE_FLAGS)):
+        digest.update(part.encode() + b"\0")
+    for source in SOURCES:
+        digest.update(source.read_bytes() + b"\0")
+    return digest.hexdigest()[:20]
+
+
+def build_library() -> Path:
+    """Compile deform_conv.cu for the CPU unless the cache already holds this build; returns
+    the library's path.  The library is written under a temporary name and renamed into
+    place, so concurrent builds (parallel test processes) never see a partial file."""
+    compiler = host_compiler()
+    if compiler is None:
+        raise RuntimeError("no host C++ compiler (set CXX or install g++)")
+    directory = cache_dir()
+    library = directory / f"deform_conv-{_build_key(compiler)}.so"
+    if library.exists():
+        return library
+    handle, partial = tempfile.mkstemp(dir=directory, prefix=library.stem + ".", suffix=".tmp")
+    os.close(handle)
+    header, source = SOURCES
+    command = [compiler, *COMPILE_FLAGS, "-x", "c++", "-include", str(header), str(source),
+               "-o", partial]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"host build of {source.name} failed:\n{' '.join(command)}\n"
+                               f"{result.stderr}")
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return library
+
+
+@lru_cache(maxsize=None)
+def _library() -> ctypes.CDLL:
+    library = ctypes.CDLL(str(build_library()))
+    library.refdyn_host_set_thread.argtypes = [ctypes.c_uint] * 4
+    library.refdyn_host_set_thread.restype = None
+    return library
+
+
+def _argument(value):
+    """A kernel argument as ctypes: NumPy array -> its data pointer, None -> null pointer,
+    int -> long long."""
+    if value is None:
+        return ctypes.c_void_p(None)
+    if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            raise ValueError("kernel arguments must be C-contiguous")
+        return ctypes.c_void_p(value.ctypes.data)
+    return ctypes.c_longlong(value)
+
+
+def launch(name: str, total_threads: int, args) -> None:
+    """Run kernel ``name`` as every thread of a GRID_BLOCKS x BLOCK_THREADS grid, one after the
+    other (``total_threads`` does not matter: the grid-stride loops cover every element)."""
+    library = _library()
+    kernel = getattr(library, name)
+    kernel.restype = None
+    arguments = [_argument(value) for value in args]
+    for block in range(GRID_BLOCKS):
+        for thread in range(BLOCK_THREADS):
+            library.refdyn_host_set_thread(block, thread, GRID_BLOCKS, BLOCK_THREADS)
+            kernel(*arguments)
+
+
+def _contiguous(array):
+    return None if array is None else np.ascontiguousarray(array)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1), the CUDA C kernel run on the CPU.
+
+    Same arguments and result as :func:`refdyn.deform_conv2d` (one thread per output element,
+    so no buffer and no ``chunk_elements``).
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _cuda_c.forward(np, launch, geo, *map(_contiguous, (input, offset, weight, bias, mask)))
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
+                           dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
+                           *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+    """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2), the CUDA C kernels run on the CPU.
+
+    Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:
+    grad_input by the ordered gather instead of atomicAdd (on the CPU both are reproducible,
+    since the threads run one after the other).
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
+    grad_output, input, offset, weight, mask = map(
+        _contiguous, (grad_output, input, offset, weight, mask))
+    return _cuda_c.backward(np, launch, geo, grad_output, input, offset, weight, mask,
+                            coord_grad, deterministic, chunk_elements)
