@@ -7,19 +7,19 @@ valid), ``"integer"`` (every point on a kink), ``"far"`` (kink-free, up to 3 (H 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..gradcheck import kink_free_values
-from .cases import Case
+from .cases import Case, Config
 
 POINT_KINDS = ("kink_free", "integer", "far", "normal")
 KINK_FREE_POINT_KINDS = ("kink_free", "far")
 
 
 @dataclass(frozen=True)
-class BilinearConfig:
+class BilinearConfig(Config):
     """One bilinear_sample configuration: images (channels, H, W) sampled at ``points`` points."""
 
     channels: int = 2
@@ -31,9 +31,6 @@ class BilinearConfig:
     coord_grad: str = "torchvision"
     dtype: str = "float64"
     seed: int = 0
-
-    def describe(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
 
 
 def make_points(config: BilinearConfig, rng: np.random.Generator, extent: int) -> np.ndarray:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
+
+
+class Config:
+    """Base of the configuration dataclasses: a one-line description for failure reports."""
+
+    def describe(self) -> str:
+        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
 
 
 @dataclass

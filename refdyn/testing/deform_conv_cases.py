@@ -17,12 +17,12 @@ Offset kinds (``offset_kind``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..gradcheck import kink_free_values
-from .cases import Case
+from .cases import Case, Config
 
 OFFSET_KINDS = ("kink_free", "integer", "zero", "far", "normal")
 KINK_FREE_OFFSET_KINDS = ("kink_free", "far")
@@ -30,7 +30,7 @@ KINK_FREE_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
-class DeformConvConfig:
+class DeformConvConfig(Config):
     """One deform_conv2d configuration; all sizes are counts, pairs are (h, w)."""
 
     batch: int = 1
@@ -58,9 +58,6 @@ class DeformConvConfig:
             return (extent + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
         return (size(self.height, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]),
                 size(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]))
-
-    def describe(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in asdict(self).items())
 
 
 def make_offsets(config: DeformConvConfig, rng: np.random.Generator, shape) -> np.ndarray:
