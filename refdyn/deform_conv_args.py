@@ -105,8 +105,9 @@ def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding
     check_float_array(offset, "offset", 4, dtype)
     batch, in_channels, height, width = (int(s) for s in input.shape)
     out_channels, in_per_group, kernel_h, kernel_w = (int(s) for s in weight.shape)
-    if height < 1 or width < 1:
-        raise ValueError(f"input must have H >= 1 and W >= 1, got shape {tuple(input.shape)}")
+    if in_channels < 1 or height < 1 or width < 1:
+        raise ValueError("input must have shape (N, C_in, H, W) with C_in, H, W >= 1, "
+                         f"got {tuple(input.shape)}")
     if in_per_group < 1 or kernel_h < 1 or kernel_w < 1:
         raise ValueError("weight must have shape (C_out, C_in / groups, kh, kw) with "
                          f"positive C_in / groups, kh, kw, got {tuple(weight.shape)}")

@@ -1,0 +1,637 @@
+"""Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask).
+
+The same functions, arguments, errors and results as :mod:`refdyn.deform_conv`, computed by
+``@cuda.jit`` kernels.  Without a GPU they run under Numba's CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``, set by :func:`refdyn.gpu.use_numba_simulator_without_device`
+before Numba is imported); this module refuses to import when neither is available.
+
+Arguments are NumPy arrays (results are NumPy arrays) or Numba device arrays (results are
+Numba device arrays; the kind of ``input`` decides, other arguments are copied to the device
+when they are on the host).  float32 and float64 both work and every computation stays in
+the input dtype: the kernels are compiled on first use for the argument types of the call,
+and every constant is made with ``array.dtype.type``, so no float32 value is ever widened.
+
+Kernels (one thread per element, grid-stride loops, 64-bit indices):
+
+- forward: one thread per output (n, o, i, j) sums its C_in/groups * kh * kw terms directly;
+- backward (DCNv1 Appendix A, Eq. 7; DCNv2 adds the mask), from the column gradient
+  col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j]:
+  grad_offset and grad_mask per (n, g, k, i, j), grad_weight per (o, c', k), grad_bias per o,
+  all gathers with a fixed summation order; grad_input either by ``cuda.atomic.add`` scatter
+  (``deterministic=False``, as torchvision does) or by a gather over a per-pixel list of
+  contributions sorted by contribution id (``deterministic=True``: integer atomics only,
+  bitwise identical results on every run).
+
+Every kernel samples through :func:`_corner` (the neighbours and weights G(q, p) of DCNv1
+Eq. 3-4, ``zeros`` boundary rule) and differentiates through :func:`_coord_grad` (Eq. 7,
+``torchvision`` or ``mmcv`` edge rule; REFERENCE.md sections 1-2).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
+    check_deform_conv2d_backward_args
+
+from . import backend_problem
+
+_PROBLEM = backend_problem("numba")
+if _PROBLEM is not None:
+    raise ImportError(f"refdyn.gpu.numba cannot run here: {_PROBLEM}")
+
+import numba  # noqa: E402  (only once Numba CUDA is known to be usable)
+from numba import cuda  # noqa: E402
+
+if not cuda.is_available():
+    raise ImportError("refdyn.gpu.numba cannot run here: Numba finds no usable CUDA device "
+                      "(was numba imported before NUMBA_ENABLE_CUDASIM was set?)")
+
+__all__ = ["deform_conv2d", "deform_conv2d_backward"]
+
+# Launch shape of every grid-stride kernel.  The simulator runs each thread as a Python thread,
+# so it gets a few hundred threads per launch; a GPU gets enough to fill it.
+if numba.config.ENABLE_CUDASIM:
+    _THREADS, _MAX_BLOCKS = 64, 4
+else:
+    _THREADS, _MAX_BLOCKS = 256, 4096
+#: Pixel counts summed by one thread of the prefix sums of the deterministic grad_input.
+_SCAN_CHUNK = 64
+
+_is_device_array = getattr(cuda, "is_cuda_array", None) or cuda.devicearray.is_cuda_ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Device functions shared by every kernel
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit(device=True)
+def _split(index, size):
+    """(index // size, index % size): peels the last axis off a flat index."""
+    return index // size, index % size
+
+
+@cuda.jit(device=True)
+def _sampling_point(offset, n, gk, i, j, a, b, layer):
+    """p = p0 + p_k + dp_k (DCNv1 Eq. 2) for tap (a, b) of offset channel pair gk = g K + k at
+    output (i, j), in the offset dtype.  layer: (stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)."""
+    T = offset.dtype.type
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w = layer
+    p_y = T(i * stride_h - pad_h + a * dil_h) + offset[n, 2 * gk, i, j]
+    p_x = T(j * stride_w - pad_w + b * dil_w) + offset[n, 2 * gk + 1, i, j]
+    return p_y, p_x
+
+
+@cuda.jit(device=True)
+def _modulation(mask, offset, n, gk, i, j):
+    """dm_k of DCNv2 Eq. 1; 1 without a mask (DCNv1).  Compiled apart for ``mask=None``."""
+    if mask is None:
+        return offset.dtype.type(1)
+    return mask[n, gk, i, j]
+
+
+@cuda.jit(device=True)
+def _corner(image, p_y, p_x, corner):
+    """Neighbour ``corner`` (0..3: (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1)) of p and its
+    bilinear weight G(q, p) = g(q_y, p_y) g(q_x, p_x) (DCNv1 Eq. 3-4), zeros rule.
+
+    Returns (y, x, weight); y = -1 when q reads nothing: p is outside (p_y <= -1, p_y >= H,
+    p_x <= -1 or p_x >= W, where the sample is 0) or q is outside the image.
+    """
+    T = image.dtype.type
+    height = image.shape[2]
+    width = image.shape[3]
+    if p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width):
+        return -1, -1, T(0)
+    y0 = int(math.floor(p_y))  # -1 < p < H: a small integer (on the GPU floor is a float)
+    x0 = int(math.floor(p_x))
+    l_y = p_y - T(y0)
+    l_x = p_x - T(x0)
+    down, right = _split(corner, 2)
+    y = y0 + down
+    x = x0 + right
+    if y < 0 or y >= height or x < 0 or x >= width:
+        return -1, -1, T(0)
+    weight_y = l_y if down else T(1) - l_y
+    weight_x = l_x if right else T(1) - l_x
+    return y, x, weight_y * weight_x
+
+
+@cuda.jit(device=True)
+def _sample(image, n, c, p_y, p_x):
+    """x(p) = sum_q G(q, p) x(q) over the 4 neighbours of p in image[n, c] (DCNv1 Eq. 3)."""
+    value = image.dtype.type(0)
+    for corner in range(4):
+        y, x, weight = _corner(image, p_y, p_x, corner)
+        if y >= 0:
+            value += weight * image[n, c, y, x]
+    return value
+
+
+@cuda.jit(device=True)
+def _pixel(image, n, c, y, x):
+    """image[n, c, y, x], or 0 outside the image (zero padding)."""
+    if y < 0 or y >= image.shape[2] or x < 0 or x >= image.shape[3]:
+        return image.dtype.type(0)
+    return image[n, c, y, x]
+
+
+@cuda.jit(device=True)
+def _coord_grad(image, n, c, p_y, p_x, mmcv):
+    """(d x(p)/d p_y, d x(p)/d p_x) in image[n, c] (DCNv1 Appendix A, Eq. 7), right derivatives
+    at integer coordinates (floor).  ``mmcv``: 0 wherever the sample is 0 (p_y <= -1, p_y >= H,
+    p_x <= -1, p_x >= W); otherwise (torchvision) the formula has no early exit, so at p_y = -1
+    it reads row 0."""
+    T = image.dtype.type
+    zero = T(0)
+    height = image.shape[2]
+    width = image.shape[3]
+    if mmcv and (p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width)):
+        return zero, zero
+    # All four neighbours are outside there: 0 under both rules, and floor() stays in range.
+    if p_y <= T(-2) or p_y >= T(height + 1) or p_x <= T(-2) or p_x >= T(width + 1):
+        return zero, zero
+    y0 = int(math.floor(p_y))
+    x0 = int(math.floor(p_x))
+    l_y = p_y - T(y0)
+    l_x = p_x - T(x0)
+    h_y = T(1) - l_y
+    h_x = T(1) - l_x
+    v00 = _pixel(image, n, c, y0, x0)
+    v01 = _pixel(image, n, c, y0, x0 + 1)
+    v10 = _pixel(image, n, c, y0 + 1, x0)
+    v11 = _pixel(image, n, c, y0 + 1, x0 + 1)
+    return (h_x * (v10 - v00) + l_x * (v11 - v01),
+            h_y * (v01 - v00) + l_y * (v11 - v10))
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward: one thread per output element (DCNv1 Eq. 2, DCNv2 Eq. 1)
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit
+def _forward_kernel(total, input, offset, mask, weight, bias, out, layer):
+    """out[n, o, i, j] = bias[o] + sum_{c', a, b} w[o, c', a, b] * x(p) * dm."""
+    T = input.dtype.type
+    out_channels, in_per_group, kernel_h, kernel_w = weight.shape
+    out_h = out.shape[2]
+    out_w = out.shape[3]
+    taps = kernel_h * kernel_w
+    groups = input.shape[1] // in_per_group
+    in_per_offset_group = input.shape[1] // (offset.shape[1] // (2 * taps))
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, out_w)
+        rest, i = _split(rest, out_h)
+        n, o = _split(rest, out_channels)
+        group = o // (out_channels // groups)
+        acc = T(0)
+        for c_local in range(in_per_group):
+            c = group * in_per_group + c_local
+            g = c // in_per_offset_group
+            for k in range(taps):
+                a, b = _split(k, kernel_w)
+                gk = g * taps + k
+                p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+                column = _sample(input, n, c, p_y, p_x) * _modulation(mask, offset, n, gk, i, j)
+                acc += weight[o, c_local, a, b] * column
+        if bias is not None:
+            acc += bias[o]
+        out[n, o, i, j] = acc
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward (DCNv1 Appendix A, Eq. 7; DCNv2 Eq. 1 differentiated with the mask)
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit
+def _column_grad_kernel(total, grad_output, weight, columns):
+    """columns[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j]."""
+    T = grad_output.dtype.type
+    out_channels, in_per_group, kernel_h, kernel_w = weight.shape
+    in_channels = columns.shape[1]
+    taps = columns.shape[2]
+    out_h = columns.shape[3]
+    out_w = columns.shape[4]
+    out_per_group = out_channels // (in_channels // in_per_group)
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, out_w)
+        rest, i = _split(rest, out_h)
+        rest, k = _split(rest, taps)
+        n, c = _split(rest, in_channels)
+        group, c_local = _split(c, in_per_group)
+        a, b = _split(k, kernel_w)
+        acc = T(0)
+        for o in range(group * out_per_group, (group + 1) * out_per_group):
+            acc += weight[o, c_local, a, b] * grad_output[n, o, i, j]
+        columns[n, c, k, i, j] = acc
+
+
+@cuda.jit
+def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, grad_mask,
+                             kernel_w, layer, mmcv):
+    """For each (n, g, k, i, j), summed over the channels c of offset group g:
+    grad_offset (dy, dx) = sum col * dm * d x(p)/d p;  grad_mask = sum col * x(p)."""
+    T = input.dtype.type
+    in_channels = input.shape[1]
+    taps = columns.shape[2]
+    out_h = columns.shape[3]
+    out_w = columns.shape[4]
+    offset_groups = offset.shape[1] // (2 * taps)
+    in_per_offset_group = in_channels // offset_groups
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, out_w)
+        rest, i = _split(rest, out_h)
+        rest, k = _split(rest, taps)
+        n, g = _split(rest, offset_groups)
+        a, b = _split(k, kernel_w)
+        gk = g * taps + k
+        p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+        m = _modulation(mask, offset, n, gk, i, j)
+        grad_y = T(0)
+        grad_x = T(0)
+        grad_m = T(0)
+        for c in range(g * in_per_offset_group, (g + 1) * in_per_offset_group):
+            column = columns[n, c, k, i, j]
+            d_y, d_x = _coord_grad(input, n, c, p_y, p_x, mmcv)
+            grad_y += column * m * d_y
+            grad_x += column * m * d_x
+            if grad_mask is not None:
+                grad_m += column * _sample(input, n, c, p_y, p_x)
+        grad_offset[n, 2 * gk, i, j] = grad_y
+        grad_offset[n, 2 * gk + 1, i, j] = grad_x
+        if grad_mask is not None:
+            grad_mask[n, gk, i, j] = grad_m
+
+
+@cuda.jit
+def _weight_grad_kernel(total, grad_output, input, offset, mask, grad_weight, layer):
+    """grad_weight[o, c', a, b] = sum_{n, i, j} grad_output[n, o, i, j] * x(p) * dm."""
+    T = input.dtype.type
+    batch = input.shape[0]
+    out_channels, in_per_group, kernel_h, kernel_w = grad_weight.shape
+    out_h = grad_output.shape[2]
+    out_w = grad_output.shape[3]
+    taps = kernel_h * kernel_w
+    groups = input.shape[1] // in_per_group
+    in_per_offset_group = input.shape[1] // (offset.shape[1] // (2 * taps))
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, k = _split(index, taps)
+        o, c_local = _split(rest, in_per_group)
+        a, b = _split(k, kernel_w)
+        c = o // (out_channels // groups) * in_per_group + c_local
+        gk = c // in_per_offset_group * taps + k
+        acc = T(0)
+        for n in range(batch):
+            for i in range(out_h):
+                for j in range(out_w):
+                    p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+                    column = _sample(input, n, c, p_y, p_x) * _modulation(mask, offset, n, gk, i, j)
+                    acc += grad_output[n, o, i, j] * column
+        grad_weight[o, c_local, a, b] = acc
+
+
+@cuda.jit
+def _bias_grad_kernel(total, grad_output, grad_bias):
+    """grad_bias[o] = sum_{n, i, j} grad_output[n, o, i, j]."""
+    batch, _, out_h, out_w = grad_output.shape
+    for o in range(cuda.grid(1), total, cuda.gridsize(1)):
+        acc = grad_output.dtype.type(0)
+        for n in range(batch):
+            for i in range(out_h):
+                for j in range(out_w):
+                    acc += grad_output[n, o, i, j]
+        grad_bias[o] = acc
+
+
+@cuda.jit
+def _fill_zero_kernel(total, flat):
+    """flat[:] = 0 (a 1-D array of any dtype)."""
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        flat[index] = 0
+
+
+@cuda.jit
+def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, kernel_w, layer):
+    """grad_input[n, c, q] += col * dm * G(q, p) for the 4 neighbours q of each sampling point
+    (the adjoint of Eq. 3), scattered with floating-point atomics: the summation order, and so
+    the last bits, depend on the thread schedule.  grad_input must start at 0."""
+    in_channels = input.shape[1]
+    taps = columns.shape[2]
+    out_h = columns.shape[3]
+    out_w = columns.shape[4]
+    in_per_offset_group = in_channels // (offset.shape[1] // (2 * taps))
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, out_w)
+        rest, i = _split(rest, out_h)
+        rest, k = _split(rest, taps)
+        n, c = _split(rest, in_channels)
+        a, b = _split(k, kernel_w)
+        gk = c // in_per_offset_group * taps + k
+        p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+        grad_sample = columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j)
+        for corner in range(4):
+            y, x, weight = _corner(input, p_y, p_x, corner)
+            if y >= 0:
+                cuda.atomic.add(grad_input, (n, c, y, x), grad_sample * weight)
+
+
+# Deterministic grad_input.  Contribution id = ((k * H_out + i) * W_out + j) * 4 + corner names
+# one term of the scatter of one offset group; row = n * G + g.  For each row, a CSR list holds,
+# per input pixel, the ids of the terms landing there: counted and placed with integer atomics,
+# then sorted, so the gather that follows sums every pixel's terms in increasing id order.
+
+@cuda.jit(device=True)
+def _contribution(input, offset, index, kernel_w, layer, sizes):
+    """The term of contribution ``index`` (flat over (n, g, k, i, j, corner); sizes =
+    (G, K, H_out, W_out)): (row, flat pixel y * W + x or -1 when it reads nothing, id)."""
+    offset_groups, taps, out_h, out_w = sizes
+    rest, corner = _split(index, 4)
+    rest, j = _split(rest, out_w)
+    rest, i = _split(rest, out_h)
+    row, k = _split(rest, taps)
+    n, g = _split(row, offset_groups)
+    a, b = _split(k, kernel_w)
+    p_y, p_x = _sampling_point(offset, n, g * taps + k, i, j, a, b, layer)
+    y, x, _ = _corner(input, p_y, p_x, corner)
+    pixel = y * input.shape[3] + x if y >= 0 else -1
+    return row, pixel, index - row * (taps * out_h * out_w * 4)
+
+
+@cuda.jit
+def _count_contributions_kernel(total, input, offset, counts, kernel_w, layer, sizes):
+    """counts[row, pixel] = number of terms landing on each pixel (integer atomics)."""
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row, pixel, _ = _contribution(input, offset, index, kernel_w, layer, sizes)
+        if pixel >= 0:
+            cuda.atomic.add(counts, (row, pixel), 1)
+
+
+@cuda.jit
+def _chunk_totals_kernel(total, counts, totals):
+    """totals[row, q] = sum(counts[row, q * _SCAN_CHUNK:(q + 1) * _SCAN_CHUNK])."""
+    length = counts.shape[1]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row, chunk = _split(index, totals.shape[1])
+        acc = 0
+        for p in range(chunk * _SCAN_CHUNK, min((chunk + 1) * _SCAN_CHUNK, length)):
+            acc += counts[row, p]
+        totals[row, chunk] = acc
+
+
+@cuda.jit
+def _row_starts_kernel(total, counts, totals, starts):
+    """starts[row, p] = sum(counts[row, :p]) for p = 0..L (exclusive prefix sum): one thread per
+    chunk adds up the totals of the chunks before it, then runs through its own chunk."""
+    length = counts.shape[1]
+    chunks = totals.shape[1]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row, chunk = _split(index, chunks)
+        running = 0
+        for before in range(chunk):
+            running += totals[row, before]
+        for p in range(chunk * _SCAN_CHUNK, min((chunk + 1) * _SCAN_CHUNK, length)):
+            starts[row, p] = running
+            running += counts[row, p]
+        if chunk == chunks - 1:
+            starts[row, length] = running
+
+
+@cuda.jit
+def _place_contributions_kernel(total, input, offset, counts, starts, entries, kernel_w, layer,
+                                sizes):
+    """Writes each term's id into its pixel's list, at a slot taken by counting counts[row,
+    pixel] back down to 0 (integer atomics; the slot order is arbitrary until sorted)."""
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row, pixel, contribution = _contribution(input, offset, index, kernel_w, layer, sizes)
+        if pixel >= 0:
+            slot = cuda.atomic.add(counts, (row, pixel), -1) - 1
+            entries[row, starts[row, pixel] + slot] = contribution
+
+
+@cuda.jit
+def _sort_contributions_kernel(total, starts, entries):
+    """Insertion sort of each pixel's list of ids (lists are short: about 4 K per pixel)."""
+    pixels = starts.shape[1] - 1
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        row, pixel = _split(index, pixels)
+        first = starts[row, pixel]
+        for e in range(first + 1, starts[row, pixel + 1]):
+            key = entries[row, e]
+            f = e - 1
+            while f >= first and entries[row, f] > key:
+                entries[row, f + 1] = entries[row, f]
+                f -= 1
+            entries[row, f + 1] = key
+
+
+@cuda.jit
+def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entries, grad_input,
+                              kernel_w, layer):
+    """grad_input[n, c, y, x] = sum over the sorted list of (n, g(c), pixel) of col * dm * G(q, p),
+    in increasing contribution id: no floating-point atomics, the same bits on every run."""
+    T = input.dtype.type
+    in_channels = input.shape[1]
+    height = input.shape[2]
+    width = input.shape[3]
+    taps = columns.shape[2]
+    out_h = columns.shape[3]
+    out_w = columns.shape[4]
+    offset_groups = offset.shape[1] // (2 * taps)
+    in_per_offset_group = in_channels // offset_groups
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, x = _split(index, width)
+        rest, y = _split(rest, height)
+        n, c = _split(rest, in_channels)
+        g = c // in_per_offset_group
+        row = n * offset_groups + g
+        pixel = y * width + x
+        acc = T(0)
+        for e in range(starts[row, pixel], starts[row, pixel + 1]):
+            rest, corner = _split(entries[row, e], 4)
+            rest, j = _split(rest, out_w)
+            k, i = _split(rest, out_h)
+            a, b = _split(k, kernel_w)
+            gk = g * taps + k
+            p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+            _, _, weight = _corner(input, p_y, p_x, corner)
+            acc += columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j) * weight
+        grad_input[n, c, y, x] = acc
+
+
+@cuda.jit
+def _find_nonfinite_kernel(total, array, found):
+    """found[0] = 1 if the 4-D ``array`` holds NaN or infinity (every writer stores the same 1)."""
+    d1, d2, d3 = array.shape[1], array.shape[2], array.shape[3]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, i3 = _split(index, d3)
+        rest, i2 = _split(rest, d2)
+        i0, i1 = _split(rest, d1)
+        if not math.isfinite(array[i0, i1, i2, i3]):
+            found[0] = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+def _launch(kernel, total, *args):
+    """Run a grid-stride kernel over ``total`` elements (its first argument)."""
+    blocks = max(1, min(_MAX_BLOCKS, -(-total // _THREADS)))
+    kernel[blocks, _THREADS](total, *args)
+
+
+def _all_finite(array) -> bool:
+    """Finiteness test for the argument checks: a kernel for device arrays, NumPy otherwise."""
+    if not _is_device_array(array):
+        return bool(np.isfinite(array).all())
+    total = math.prod(array.shape)
+    if total == 0:
+        return True
+    found = cuda.to_device(np.zeros(1, dtype=np.int32))
+    _launch(_find_nonfinite_kernel, total, array, found)
+    return not found.copy_to_host()[0]
+
+
+def _on_device(array):
+    """A device array for a kernel argument (None stays None)."""
+    if array is None or _is_device_array(array):
+        return array
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def _zeros(shape, dtype):
+    """A device array of zeros (filled by a kernel: nothing is copied from the host)."""
+    array = cuda.device_array(shape, dtype=dtype)
+    total = math.prod(shape)
+    if total:
+        _launch(_fill_zero_kernel, total, array.reshape(total))
+    return array
+
+
+def _layer(geo) -> tuple[int, int, int, int, int, int]:
+    return (*geo.stride, *geo.padding, *geo.dilation)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1 when ``mask`` is given) on the GPU.
+
+    Same arguments, checks and result as :func:`refdyn.deform_conv.deform_conv2d`; NumPy arrays
+    in give a NumPy array, a Numba device array ``input`` gives a device array.
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   all_finite=_all_finite)
+    device = _is_device_array(input)
+    if geo.batch == 0:
+        out = np.zeros(geo.output_shape, dtype=geo.dtype)
+        return cuda.to_device(out) if device else out
+    out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
+    _launch(_forward_kernel, math.prod(geo.output_shape), _on_device(input), _on_device(offset),
+            _on_device(mask), _on_device(weight), _on_device(bias), out, _layer(geo))
+    return out if device else out.copy_to_host()
+
+
+def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
+                           dilation=1, mask=None, coord_grad="torchvision",
+                           deterministic=False) -> DeformConvGrads:
+    """Every gradient of :func:`deform_conv2d` (DCNv1 Appendix A, Eq. 7; DCNv2) on the GPU.
+
+    Same arguments, checks and result as :func:`refdyn.deform_conv.deform_conv2d_backward`,
+    plus ``deterministic``: False scatters grad_input with floating-point atomics (like
+    torchvision: the last bits may change from run to run); True gathers it through sorted
+    per-pixel lists (integer atomics only: bitwise identical on every run).  Every other
+    gradient is a gather and always deterministic.
+    """
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   all_finite=_all_finite)
+    check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
+    device = _is_device_array(input)
+    if geo.batch == 0:
+        return _deliver(device, DeformConvGrads(
+            grad_input=np.zeros(input.shape, dtype=geo.dtype),
+            grad_offset=np.zeros(offset.shape, dtype=geo.dtype),
+            grad_weight=np.zeros(weight.shape, dtype=geo.dtype),
+            grad_bias=np.zeros(bias.shape, dtype=geo.dtype) if bias is not None else None,
+            grad_mask=np.zeros(mask.shape, dtype=geo.dtype) if mask is not None else None))
+
+    grad_output, input, offset, weight, mask = (
+        _on_device(a) for a in (grad_output, input, offset, weight, mask))
+    layer = _layer(geo)
+    kernel_w = geo.kernel_w
+    batch, taps, out_h, out_w = geo.batch, geo.taps, geo.out_h, geo.out_w
+    dtype = geo.dtype
+
+    columns = cuda.device_array((batch, geo.in_channels, taps, out_h, out_w), dtype=dtype)
+    _launch(_column_grad_kernel, math.prod(columns.shape), grad_output, weight, columns)
+
+    grad_offset = cuda.device_array(offset.shape, dtype=dtype)
+    grad_mask = cuda.device_array(mask.shape, dtype=dtype) if mask is not None else None
+    _launch(_offset_mask_grad_kernel, batch * geo.offset_groups * taps * out_h * out_w,
+            input, offset, mask, columns, grad_offset, grad_mask, kernel_w, layer,
+            coord_grad == "mmcv")
+
+    grad_weight = cuda.device_array(weight.shape, dtype=dtype)
+    _launch(_weight_grad_kernel, math.prod(weight.shape), grad_output, input, offset, mask,
+            grad_weight, layer)
+
+    grad_bias = None
+    if bias is not None:
+        grad_bias = cuda.device_array((geo.out_channels,), dtype=dtype)
+        _launch(_bias_grad_kernel, geo.out_channels, grad_output, grad_bias)
+
+    if deterministic:
+        grad_input = _input_grad_deterministic(geo, input, offset, mask, columns)
+    else:
+        grad_input = _zeros(input.shape, dtype)
+        _launch(_input_grad_atomic_kernel, math.prod(columns.shape), input, offset, mask,
+                columns, grad_input, kernel_w, layer)
+
+    return _deliver(device, DeformConvGrads(grad_input=grad_input, grad_offset=grad_offset,
+                                            grad_weight=grad_weight, grad_bias=grad_bias,
+                                            grad_mask=grad_mask))
+
+
+def _contribution_lists(geo, input, offset):
+    """For each row (n, g) and input pixel, the ids of the terms of the scatter that land there,
+    in increasing order: (starts (rows, H W + 1), entries (rows, K H_out W_out 4)), CSR style
+    (pixel p of row r lists entries[r, starts[r, p]:starts[r, p + 1]]).  Integer atomics only."""
+    layer = _layer(geo)
+    rows = geo.batch * geo.offset_groups
+    pixels = geo.height * geo.width
+    per_row = geo.taps * geo.out_h * geo.out_w * 4
+    sizes = (geo.offset_groups, geo.taps, geo.out_h, geo.out_w)
+    counts = _zeros((rows, pixels), np.int64)
+    _launch(_count_contributions_kernel, rows * per_row, input, offset, counts, geo.kernel_w,
+            layer, sizes)
+    chunks = -(-pixels // _SCAN_CHUNK)
+    totals = cuda.device_array((rows, chunks), dtype=np.int64)
+    _launch(_chunk_totals_kernel, rows * chunks, counts, totals)
+    starts = cuda.device_array((rows, pixels + 1), dtype=np.int64)
+    _launch(_row_starts_kernel, rows * chunks, counts, totals, starts)
+    entries = cuda.device_array((rows, per_row), dtype=np.int64)
+    _launch(_place_contributions_kernel, rows * per_row, input, offset, counts, starts, entries,
+            geo.kernel_w, layer, sizes)
+    _launch(_sort_contributions_kernel, rows * pixels, starts, entries)
+    return starts, entries
+
+
+def _input_grad_deterministic(geo, input, offset, mask, columns):
+    """grad_input without floating-point atomics: the sorted lists of terms per (n, g, pixel),
+    then one gather per (n, c, pixel) that sums its list in order."""
+    starts, entries = _contribution_lists(geo, input, offset)
+    grad_input = cuda.device_array(input.shape, dtype=geo.dtype)
+    _launch(_input_grad_gather_kernel, math.prod(input.shape), input, offset, mask, columns,
+            starts, entries, grad_input, geo.kernel_w, _layer(geo))
+    return grad_input
+
+
+def _deliver(device: bool, grads: DeformConvGrads) -> DeformConvGrads:
+    """The gradients as device arrays (``device``) or as NumPy arrays, wherever each is now."""
+    def move(array):
+        if array is None or _is_device_array(array) == device:
+            return array
+        return cuda.to_device(array) if device else array.copy_to_host()
+    return DeformConvGrads(grad_input=move(grads.grad_input), grad_offset=move(grads.grad_offset),
+                           grad_weight=move(grads.grad_weight), grad_bias=move(grads.grad_bias),
+                           grad_mask=move(grads.grad_mask))
