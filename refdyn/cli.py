@@ -101,15 +101,22 @@ def run_check(thorough: bool, backends, operators) -> list[Row]:
     return rows
 
 
+def backend_label(backend: str) -> str:
+    """The backend's name, marked when Numba kernels run under the CUDA simulator."""
+    from refdyn.gpu import numba_uses_simulator
+    return f"{backend} (simulator)" if backend == "numba" and numba_uses_simulator() else backend
+
+
 def format_table(rows: list[Row]) -> str:
     header = ("operator", "backend", "cases", "fwd err", "bwd err", "finite diff", "adjoint",
               "verdict")
     lines = [header]
     for row in rows:
         if row.not_run:
-            lines.append((row.operator, row.backend, "-", "-", "-", "-", "-", row.verdict))
+            lines.append((row.operator, backend_label(row.backend), "-", "-", "-", "-", "-",
+                          row.verdict))
         else:
-            lines.append((row.operator, row.backend, str(row.cases), f"{row.forward_error:.1e}",
+            lines.append((row.operator, backend_label(row.backend), str(row.cases), f"{row.forward_error:.1e}",
                           f"{row.backward_error:.1e}", row.fd, f"{row.adjoint:.1e}", row.verdict))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
