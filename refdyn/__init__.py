@@ -6,9 +6,11 @@ finite-difference checker in :mod:`refdyn.gradcheck`; every operator listed in
 :mod:`refdyn.registry`.
 """
 
+from .active_conv import active_conv2d, active_conv2d_backward
 from .deform_conv import deform_conv2d, deform_conv2d_backward
 from .deform_conv_args import DeformConvGrads
 from .gradcheck import gradcheck
 
-__all__ = ["deform_conv2d", "deform_conv2d_backward", "DeformConvGrads", "gradcheck"]
+__all__ = ["active_conv2d", "active_conv2d_backward", "deform_conv2d", "deform_conv2d_backward",
+           "DeformConvGrads", "gradcheck"]
 __version__ = "0.1.0"

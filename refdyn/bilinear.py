@@ -146,6 +146,28 @@ def sample_point_grad(image: np.ndarray, y: float, x: float, boundary: str = "ze
     return slope_y * grad_y, slope_x * grad_x
 
 
+def scatter_point(grad_image: np.ndarray, y: float, x: float, grad_value: float,
+                  boundary: str = "zeros") -> None:
+    """Adjoint of :func:`sample_point` for one point: grad_image[q] += G(q, p) grad_value.
+
+    Under ``zeros`` a point with x(p) = 0 (outside (-1, H) x (-1, W)) and every neighbour outside
+    the image receive nothing; under ``border`` the point is clamped and a neighbour outside the
+    image passes its share to the edge pixel it reads.
+    """
+    height, width = grad_image.shape
+    if boundary == "border":
+        y, x = _clamp_point(y, x, height, width)
+    elif y <= -1 or y >= height or x <= -1 or x >= width:
+        return
+    for qy, qx in neighbours(y, x):
+        weight = G((qy, qx), (y, x))
+        if boundary == "border":
+            qy, qx = min(max(qy, 0), height - 1), min(max(qx, 0), width - 1)
+        elif not (0 <= qy < height and 0 <= qx < width):
+            continue
+        grad_image[qy, qx] += grad_value * weight
+
+
 # ---------------------------------------------------------------------------------------------
 # Array versions: the same quantities for many points at once
 # ---------------------------------------------------------------------------------------------
@@ -355,17 +377,7 @@ def bilinear_sample_backward_literal(grad_output, image, y, x, boundary: str = "
             d_y, d_x = sample_point_grad(images[b], p_y, p_x, boundary, coord_grad)
             grad_y[point] += go * d_y
             grad_x[point] += go * d_x
-            if boundary == "border":
-                p_y, p_x = _clamp_point(p_y, p_x, height, width)
-            elif p_y <= -1 or p_y >= height or p_x <= -1 or p_x >= width:
-                continue
-            for qy, qx in neighbours(p_y, p_x):
-                weight = G((qy, qx), (p_y, p_x))
-                if boundary == "border":                    # x(q) reads the nearest edge pixel
-                    qy, qx = min(max(qy, 0), height - 1), min(max(qx, 0), width - 1)
-                elif not (0 <= qy < height and 0 <= qx < width):
-                    continue                                # x(q) = 0 outside
-                grad_image[b, qy, qx] += go * weight
+            scatter_point(grad_image[b], p_y, p_x, go, boundary)
     return BilinearGrads(grad_image.reshape(image.shape).astype(dtype),
                          grad_y.astype(dtype), grad_x.astype(dtype))
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bilinear import G, coord_grads_with, gather_corners, interpolate, make_stencil, \
-    neighbours, sample_point, sample_point_grad, scatter_add
+from .bilinear import coord_grads_with, gather_corners, interpolate, make_stencil, \
+    sample_point, sample_point_grad, scatter_add, scatter_point
 from .deform_conv_args import DeformConvGeometry, DeformConvGrads, \
     check_deform_conv2d_args, check_deform_conv2d_backward_args
 
@@ -78,15 +78,16 @@ def _contributions(geo: DeformConvGeometry, offset, mask):
 
 
 def deform_conv2d_literal(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
-                          mask=None):
+                          mask=None, *, boundary="zeros"):
     """Deformable convolution by the loops of DCNv1 Eq. 2 / DCNv2 Eq. 1 (tiny inputs only).
 
     Same arguments, shapes and result as :func:`deform_conv2d`.
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary)
     out = np.zeros(geo.output_shape, dtype=np.float64)
     for n, o, i, j, c, c_local, a, b, g, p_y, p_x, m in _contributions(geo, offset, mask):
-        x_p = sample_point(input[n, c], p_y, p_x)                     # x(p0 + p_k + dp_k), Eq. 3
+        x_p = sample_point(input[n, c], p_y, p_x, boundary)           # x(p0 + p_k + dp_k), Eq. 3
         out[n, o, i, j] += weight[o, c_local, a, b] * x_p * m         # w_k x(.) dm_k, Eq. 2
     if bias is not None:
         out += bias[None, :, None, None]
@@ -94,7 +95,8 @@ def deform_conv2d_literal(input, offset, weight, bias=None, stride=1, padding=0,
 
 
 def deform_conv2d_backward_literal(grad_output, input, offset, weight, bias=None, stride=1,
-                                   padding=0, dilation=1, mask=None, coord_grad="torchvision"):
+                                   padding=0, dilation=1, mask=None, coord_grad="torchvision", *,
+                                   boundary="zeros"):
     """Every gradient of Eq. 2 by loops over its terms (DCNv1 Appendix A, Eq. 7; DCNv2).
 
     For each term t = w * x(p) * dm of output y(n, o, i, j) with incoming gradient go:
@@ -104,29 +106,25 @@ def deform_conv2d_backward_literal(grad_output, input, offset, weight, bias=None
       dL/d x(q)    += go * w * dm * G(q, p)  for the 4 neighbours q of p   (x(p) is linear in x)
     Same arguments and result as :func:`deform_conv2d_backward`.
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary)
     check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
     grad_input = np.zeros(input.shape)
     grad_offset = np.zeros(offset.shape)
     grad_weight = np.zeros(weight.shape)
     grad_mask = np.zeros(mask.shape) if mask is not None else None
-    height, width = geo.height, geo.width
     for n, o, i, j, c, c_local, a, b, g, p_y, p_x, m in _contributions(geo, offset, mask):
         go = grad_output[n, o, i, j]
         w = weight[o, c_local, a, b]
         k = a * geo.kernel_w + b
-        x_p = sample_point(input[n, c], p_y, p_x)
-        dx_dpy, dx_dpx = sample_point_grad(input[n, c], p_y, p_x, coord_grad=coord_grad)
+        x_p = sample_point(input[n, c], p_y, p_x, boundary)
+        dx_dpy, dx_dpx = sample_point_grad(input[n, c], p_y, p_x, boundary, coord_grad)
         grad_weight[o, c_local, a, b] += go * x_p * m
         if mask is not None:
             grad_mask[n, g * geo.taps + k, i, j] += go * w * x_p
         grad_offset[n, g * 2 * geo.taps + 2 * k, i, j] += go * w * m * dx_dpy
         grad_offset[n, g * 2 * geo.taps + 2 * k + 1, i, j] += go * w * m * dx_dpx
-        if p_y <= -1 or p_y >= height or p_x <= -1 or p_x >= width:
-            continue                                                  # x(p) = 0: no neighbour is read
-        for qy, qx in neighbours(p_y, p_x):
-            if 0 <= qy < height and 0 <= qx < width:                  # outside q read 0
-                grad_input[n, c, qy, qx] += go * w * m * G((qy, qx), (p_y, p_x))
+        scatter_point(grad_input[n, c], p_y, p_x, go * w * m, boundary)  # G(q, p) to each q
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if bias is not None else None
     return _grads_in_dtype(geo, grad_input, grad_offset, grad_weight, grad_bias, grad_mask)
 
@@ -179,7 +177,7 @@ class _Chunk:
         base_y, base_x = _base_grid(geo, positions)
         self.stencils = [
             make_stencil(base_y + offsets[g, :, 0], base_x + offsets[g, :, 1],
-                         geo.height, geo.width, coord_grad=coord_grad)
+                         geo.height, geo.width, geo.boundary, coord_grad)
             for g in range(G)]
         channel_groups = input[n].reshape(G, geo.in_per_offset_group, geo.height, geo.width)
         self.corners = [gather_corners(channel_groups[g], s) for g, s in enumerate(self.stencils)]
@@ -200,15 +198,18 @@ def _grouped_weight(geo: DeformConvGeometry, weight):
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
-                  *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+                  *, boundary: str = "zeros", chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
     """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1 when ``mask`` is given).
 
     input (N, C_in, H, W); offset (N, 2 G kh kw, H_out, W_out); weight (C_out, C_in/groups, kh, kw);
     bias (C_out,) or None; mask (N, G kh kw, H_out, W_out) or None.
     stride, padding, dilation: int or (h, w).  Groups and offset groups G follow from the shapes.
-    Returns (N, C_out, H_out, W_out) in the input dtype.  Samples use the ``zeros`` rule.
+    boundary: ``"zeros"`` (every framework's deform_conv2d) or ``"border"`` (clamped samples, the
+    MXNet Active Convolution port; see :mod:`refdyn.bilinear`).
+    Returns (N, C_out, H_out, W_out) in the input dtype.
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary)
     out = np.empty(geo.output_shape, dtype=geo.dtype)
     out_flat = out.reshape(geo.batch, geo.groups, geo.out_per_group, geo.out_h * geo.out_w)
     weight_mat = _grouped_weight(geo, weight)
@@ -224,6 +225,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision", *,
+                           boundary: str = "zeros",
                            chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
     """Gradients of a scalar loss L through :func:`deform_conv2d` (DCNv1 Appendix A; DCNv2).
 
@@ -234,9 +236,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
       grad_mask   = sum over the channels of an offset group of dL/dcol * x(p)
       grad_weight = sum over n, p of grad_output * x(p) dm;   grad_bias = sum of grad_output
     ``coord_grad`` ("torchvision" or "mmcv") picks the offset-gradient rule at the image edge
-    (see :mod:`refdyn.bilinear`).  Returns a :class:`DeformConvGrads` in the input dtype.
+    (see :mod:`refdyn.bilinear`); ``boundary`` is the forward's.  Returns a
+    :class:`DeformConvGrads` in the input dtype.
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary)
     check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
     G, K, Cg = geo.offset_groups, geo.taps, geo.in_per_offset_group
     grad_input = np.zeros(input.shape, dtype=geo.dtype)

@@ -14,18 +14,18 @@ messages.  Layout (torchvision, mmcv, ONNX DeformConv, Paddle; REFERENCE.md sect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Optional
 
 import numpy as np
 
 from ._checks import as_pair, check_finite, check_float_array, check_shape, numpy_all_finite
-from .bilinear import check_coord_grad
+from .bilinear import check_boundary, check_coord_grad
 
 
 @dataclass(frozen=True)
-class DeformConvGeometry:
-    """Every size of one deformable convolution call, derived from the argument shapes."""
+class ConvGeometry:
+    """Every size of one convolution-like call (deformable or active), from the argument shapes."""
 
     batch: int
     in_channels: int
@@ -35,7 +35,6 @@ class DeformConvGeometry:
     kernel_h: int
     kernel_w: int
     groups: int
-    offset_groups: int
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
@@ -43,7 +42,7 @@ class DeformConvGeometry:
     out_w: int
     dtype: np.dtype
     has_bias: bool
-    has_mask: bool
+    boundary: str = "zeros"
 
     @property
     def taps(self) -> int:
@@ -59,12 +58,20 @@ class DeformConvGeometry:
         return self.out_channels // self.groups
 
     @property
-    def in_per_offset_group(self) -> int:
-        return self.in_channels // self.offset_groups
-
-    @property
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_h, self.out_w)
+
+
+@dataclass(frozen=True)
+class DeformConvGeometry(ConvGeometry):
+    """A :class:`ConvGeometry` with the offset groups G and whether a mask (DCNv2) is given."""
+
+    offset_groups: int = 1
+    has_mask: bool = False
+
+    @property
+    def in_per_offset_group(self) -> int:
+        return self.in_channels // self.offset_groups
 
 
 @dataclass
@@ -82,14 +89,13 @@ class DeformConvGrads:
     grad_mask: Optional[object]
 
 
-def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding=0,
-                             dilation=1, mask=None,
-                             all_finite: Callable = numpy_all_finite) -> DeformConvGeometry:
-    """Validate the arguments of ``deform_conv2d`` and return the call's geometry.
+def check_conv_args(input, weight, bias=None, stride=1, padding=0, dilation=1,
+                    boundary: str = "zeros") -> ConvGeometry:
+    """Validate input, weight, bias and the hyper-parameters of a convolution; return its geometry.
 
-    Groups and offset groups are inferred from the shapes as torchvision does:
-    ``groups = C_in / weight.shape[1]`` and ``G = offset.shape[1] / (2 kh kw)``.
+    Groups are inferred from the shapes as torchvision does: ``groups = C_in / weight.shape[1]``.
     """
+    check_boundary(boundary)
     stride_hw = as_pair(stride, "stride")
     padding_hw = as_pair(padding, "padding")
     dilation_hw = as_pair(dilation, "dilation")
@@ -102,7 +108,6 @@ def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding
 
     dtype = check_float_array(input, "input", 4)
     check_float_array(weight, "weight", 4, dtype)
-    check_float_array(offset, "offset", 4, dtype)
     batch, in_channels, height, width = (int(s) for s in input.shape)
     out_channels, in_per_group, kernel_h, kernel_w = (int(s) for s in weight.shape)
     if in_channels < 1 or height < 1 or width < 1:
@@ -118,16 +123,9 @@ def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding
     if out_channels < 1 or out_channels % groups:
         raise ValueError(f"weight.shape[0] (C_out = {out_channels}) must be a positive "
                          f"multiple of groups = {groups}")
-
-    taps = kernel_h * kernel_w
-    offset_channels = int(offset.shape[1])
-    if offset_channels < 2 * taps or offset_channels % (2 * taps):
-        raise ValueError(f"offset.shape[1] must be 2 * offset_groups * kh * kw, a positive "
-                         f"multiple of {2 * taps}, got {offset_channels}")
-    offset_groups = offset_channels // (2 * taps)
-    if in_channels % offset_groups:
-        raise ValueError(f"input channels ({in_channels}) must be divisible by offset groups "
-                         f"({offset_groups} = offset.shape[1] / (2 kh kw))")
+    if bias is not None:
+        check_float_array(bias, "bias", 1, dtype)
+        check_shape(bias, "bias", (out_channels,), "(C_out,)")
 
     out_h = (height + 2 * padding_hw[0] - dilation_hw[0] * (kernel_h - 1) - 1) // stride_hw[0] + 1
     out_w = (width + 2 * padding_hw[1] - dilation_hw[1] * (kernel_w - 1) - 1) // stride_hw[1] + 1
@@ -136,25 +134,42 @@ def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding
             f"the dilated kernel ({dilation_hw[0] * (kernel_h - 1) + 1} x "
             f"{dilation_hw[1] * (kernel_w - 1) + 1}) is larger than the padded input "
             f"({height + 2 * padding_hw[0]} x {width + 2 * padding_hw[1]})")
-
-    check_shape(offset, "offset", (batch, 2 * offset_groups * taps, out_h, out_w),
-                "(N, 2 * offset_groups * kh * kw, H_out, W_out)")
-    check_finite(offset, "offset", all_finite)
-    if bias is not None:
-        check_float_array(bias, "bias", 1, dtype)
-        check_shape(bias, "bias", (out_channels,), "(C_out,)")
-    if mask is not None:
-        check_float_array(mask, "mask", 4, dtype)
-        check_shape(mask, "mask", (batch, offset_groups * taps, out_h, out_w),
-                    "(N, offset_groups * kh * kw, H_out, W_out)")
-        check_finite(mask, "mask", all_finite)
-
-    return DeformConvGeometry(
+    return ConvGeometry(
         batch=batch, in_channels=in_channels, height=height, width=width,
         out_channels=out_channels, kernel_h=kernel_h, kernel_w=kernel_w, groups=groups,
-        offset_groups=offset_groups, stride=stride_hw, padding=padding_hw,
-        dilation=dilation_hw, out_h=out_h, out_w=out_w, dtype=dtype,
-        has_bias=bias is not None, has_mask=mask is not None)
+        stride=stride_hw, padding=padding_hw, dilation=dilation_hw, out_h=out_h, out_w=out_w,
+        dtype=dtype, has_bias=bias is not None, boundary=boundary)
+
+
+def check_deform_conv2d_args(input, offset, weight, bias=None, stride=1, padding=0,
+                             dilation=1, mask=None, boundary: str = "zeros",
+                             all_finite: Callable = numpy_all_finite) -> DeformConvGeometry:
+    """Validate the arguments of ``deform_conv2d`` and return the call's geometry.
+
+    Beyond :func:`check_conv_args`: offset groups are inferred as torchvision does,
+    ``G = offset.shape[1] / (2 kh kw)``; offset and mask must match the output size and be finite.
+    """
+    conv = check_conv_args(input, weight, bias, stride, padding, dilation, boundary)
+    check_float_array(offset, "offset", 4, conv.dtype)
+    taps = conv.taps
+    offset_channels = int(offset.shape[1])
+    if offset_channels < 2 * taps or offset_channels % (2 * taps):
+        raise ValueError(f"offset.shape[1] must be 2 * offset_groups * kh * kw, a positive "
+                         f"multiple of {2 * taps}, got {offset_channels}")
+    offset_groups = offset_channels // (2 * taps)
+    if conv.in_channels % offset_groups:
+        raise ValueError(f"input channels ({conv.in_channels}) must be divisible by offset "
+                         f"groups ({offset_groups} = offset.shape[1] / (2 kh kw))")
+    check_shape(offset, "offset", (conv.batch, 2 * offset_groups * taps, conv.out_h, conv.out_w),
+                "(N, 2 * offset_groups * kh * kw, H_out, W_out)")
+    check_finite(offset, "offset", all_finite)
+    if mask is not None:
+        check_float_array(mask, "mask", 4, conv.dtype)
+        check_shape(mask, "mask", (conv.batch, offset_groups * taps, conv.out_h, conv.out_w),
+                    "(N, offset_groups * kh * kw, H_out, W_out)")
+        check_finite(mask, "mask", all_finite)
+    return DeformConvGeometry(**{field.name: getattr(conv, field.name) for field in fields(conv)},
+                              offset_groups=offset_groups, has_mask=mask is not None)
 
 
 def check_deform_conv2d_backward_args(grad_output, geometry: DeformConvGeometry,

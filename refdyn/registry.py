@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 REFERENCE_BACKEND = "vectorized"
+GPU_BACKENDS = ("host", "numba", "cupy")
 
 
 def load(path):
@@ -76,9 +77,10 @@ class Operator:
         return self.implementations[backend]
 
 
-def _deform_conv_backend(backend: str) -> Implementation:
+def _gpu_implementation(backend: str, function: str) -> Implementation:
+    """``function`` and ``function_backward`` of the GPU module ``refdyn.gpu.<backend>``."""
     module = f"refdyn.gpu.{backend}"
-    return Implementation(f"{module}:deform_conv2d", f"{module}:deform_conv2d_backward",
+    return Implementation(f"{module}:{function}", f"{module}:{function}_backward",
                           _gpu_backend(backend))
 
 
@@ -93,9 +95,7 @@ DEFORM_CONV2D = Operator(
                                   "refdyn.deform_conv:deform_conv2d_backward_literal"),
         "vectorized": Implementation("refdyn.deform_conv:deform_conv2d",
                                      "refdyn.deform_conv:deform_conv2d_backward"),
-        "host": _deform_conv_backend("host"),
-        "numba": _deform_conv_backend("numba"),
-        "cupy": _deform_conv_backend("cupy"),
+        **{backend: _gpu_implementation(backend, "deform_conv2d") for backend in GPU_BACKENDS},
     },
     configs="refdyn.testing.strategies:deform_conv2d_configs",
     make_case="refdyn.testing.deform_conv_cases:make_case",
@@ -119,5 +119,24 @@ BILINEAR_SAMPLE = Operator(
     examples="refdyn.testing.bilinear_cases:example_configs",
 )
 
-OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D)}
+ACTIVE_CONV2D = Operator(
+    name="active_conv2d",
+    summary="Active Convolution: learned positions shared by every output position (paper 002)",
+    differentiable=("input", "positions", "weight", "bias"),
+    linear=("input", "weight"),
+    kinked=("positions",),
+    implementations={
+        "literal": Implementation("refdyn.active_conv:active_conv2d_literal",
+                                  "refdyn.active_conv:active_conv2d_backward_literal"),
+        "vectorized": Implementation("refdyn.active_conv:active_conv2d",
+                                     "refdyn.active_conv:active_conv2d_backward"),
+        **{backend: _gpu_implementation(backend, "active_conv2d") for backend in GPU_BACKENDS},
+    },
+    configs="refdyn.testing.strategies:active_conv2d_configs",
+    make_case="refdyn.testing.active_conv_cases:make_case",
+    examples="refdyn.testing.active_conv_cases:example_configs",
+)
+
+OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D,
+                                                          ACTIVE_CONV2D)}
 BACKENDS = ("literal", "vectorized", "host", "numba", "cupy")

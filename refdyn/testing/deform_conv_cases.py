@@ -50,6 +50,7 @@ class DeformConvConfig(Config):
     offset_scale: float = 2.0
     dtype: str = "float64"
     coord_grad: str = "torchvision"
+    boundary: str = "zeros"
     seed: int = 0
 
     @property
@@ -60,9 +61,9 @@ class DeformConvConfig(Config):
                 size(self.width, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]))
 
 
-def make_offsets(config: DeformConvConfig, rng: np.random.Generator, shape) -> np.ndarray:
-    """Offsets of the configuration's kind (see the module docstring), float64."""
-    kind, scale = config.offset_kind, config.offset_scale
+def make_offsets(kind: str, scale: float, height: int, width: int, rng: np.random.Generator,
+                 shape) -> np.ndarray:
+    """Offsets of one kind (see the module docstring) for an H x W input, float64."""
     if kind == "kink_free":
         return kink_free_values(rng, shape, -scale, scale, KINK_FREE_MARGIN)
     if kind == "integer":
@@ -70,11 +71,11 @@ def make_offsets(config: DeformConvConfig, rng: np.random.Generator, shape) -> n
     if kind == "zero":
         return np.zeros(shape)
     if kind == "far":
-        reach = 3 * (config.height + config.width)
+        reach = 3 * (height + width)
         return kink_free_values(rng, shape, -reach, reach, KINK_FREE_MARGIN)
     if kind == "normal":
         return rng.normal(0.0, scale, size=shape)
-    raise ValueError(f"offset_kind must be one of {OFFSET_KINDS}, got {kind!r}")
+    raise ValueError(f"offset kind must be one of {OFFSET_KINDS}, got {kind!r}")
 
 
 def make_case(config: DeformConvConfig) -> Case:
@@ -87,7 +88,9 @@ def make_case(config: DeformConvConfig) -> Case:
     batch = config.batch
     arrays = {
         "input": rng.standard_normal((batch, config.in_channels, config.height, config.width)),
-        "offset": make_offsets(config, rng, (batch, 2 * config.offset_groups * taps, out_h, out_w)),
+        "offset": make_offsets(config.offset_kind, config.offset_scale, config.height,
+                               config.width, rng,
+                               (batch, 2 * config.offset_groups * taps, out_h, out_w)),
         "weight": rng.standard_normal(
             (config.out_channels, config.in_channels // config.groups, kh, kw)),
         "bias": rng.standard_normal(config.out_channels) if config.with_bias else None,
@@ -98,7 +101,7 @@ def make_case(config: DeformConvConfig) -> Case:
     grad_output = rng.standard_normal((batch, config.out_channels, out_h, out_w)).astype(dtype)
     return Case(arrays=arrays,
                 params={"stride": config.stride, "padding": config.padding,
-                        "dilation": config.dilation},
+                        "dilation": config.dilation, "boundary": config.boundary},
                 grad_output=grad_output,
                 backward_params={"coord_grad": config.coord_grad},
                 description=config.describe(),
@@ -116,6 +119,7 @@ def example_configs(thorough: bool = False) -> list[DeformConvConfig]:
                          offset_groups=2, stride=(2, 1), dilation=(1, 2), seed=1),
         DeformConvConfig(offset_kind="zero", with_mask=False, coord_grad="mmcv", seed=2),
         DeformConvConfig(offset_kind="far", dtype="float32", seed=3),
+        DeformConvConfig(offset_kind="normal", boundary="border", seed=6),
         DeformConvConfig(offset_kind="integer", kernel=(2, 3), padding=(0, 2), seed=4),
         DeformConvConfig(batch=0, seed=5),
     ]

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
+from .active_conv_cases import ActiveConvConfig
 from .bilinear_cases import KINK_FREE_POINT_KINDS, POINT_KINDS, BilinearConfig
 from .deform_conv_cases import KINK_FREE_OFFSET_KINDS, OFFSET_KINDS, DeformConvConfig
 
@@ -29,7 +30,8 @@ def deform_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
                           kink_free: bool = False, offset_kinds: Sequence[str] = OFFSET_KINDS,
                           max_batch: int = 2, max_channels_per_group: int = 2,
                           max_extent: int = 7, max_kernel: int = 3,
-                          coord_grads: Sequence[str] = ("torchvision", "mmcv")) -> DeformConvConfig:
+                          coord_grads: Sequence[str] = ("torchvision", "mmcv"),
+                          boundaries: Sequence[str] = ("zeros", "border")) -> DeformConvConfig:
     """Valid ``deform_conv2d`` configurations: every shape, stride, padding, dilation, groups
     and offset-groups combination within the limits, with optional mask and bias.
 
@@ -62,6 +64,7 @@ def deform_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
         offset_scale=draw(st.sampled_from((0.5, 2.0, 4.0))),
         dtype=draw(st.sampled_from(tuple(dtypes))),
         coord_grad=draw(st.sampled_from(tuple(coord_grads))),
+        boundary=draw(st.sampled_from(tuple(boundaries))),
         seed=draw(st.integers(0, 2**16)))
 
 
@@ -78,5 +81,36 @@ def bilinear_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float3
         height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
         points=draw(st.integers(1, 8)), point_kind=draw(st.sampled_from(tuple(point_kinds))),
         boundary=draw(st.sampled_from(("zeros", "border"))),
+        coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
+        dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def active_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                          kink_free: bool = False, position_kinds: Sequence[str] = OFFSET_KINDS,
+                          max_batch: int = 2, max_extent: int = 7,
+                          boundaries: Sequence[str] = ("zeros", "border")) -> ActiveConvConfig:
+    """Valid ``active_conv2d`` configurations: kernel, stride, padding, groups and position
+    groups (1, 2 or one per output channel), positions of every kind, both boundary rules."""
+    if kink_free:
+        position_kinds = [kind for kind in position_kinds if kind in KINK_FREE_OFFSET_KINDS]
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    extents = [draw(st.integers(max(1, kernel[axis] - 2 * padding[axis]), max_extent))
+               for axis in range(2)]
+    groups = draw(st.integers(1, 2))
+    in_channels = groups * draw(st.integers(1, 2))
+    out_channels = groups * draw(st.integers(1, 2)) * draw(st.integers(1, 2))
+    position_groups = draw(st.sampled_from(sorted({1, out_channels, *(
+        p for p in (2,) if out_channels % p == 0)})))
+    return ActiveConvConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),
+        in_channels=in_channels, out_channels=out_channels, height=extents[0],
+        width=extents[1], kernel=kernel, stride=stride, padding=padding, groups=groups,
+        position_groups=position_groups, with_bias=draw(st.booleans()),
+        position_kind=draw(st.sampled_from(tuple(position_kinds))),
+        position_scale=draw(st.sampled_from((0.5, 2.0, 4.0))),
+        boundary=draw(st.sampled_from(tuple(boundaries))),
         coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
         dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
