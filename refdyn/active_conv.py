@@ -299,6 +299,9 @@ def ring_positions(kernel_h: int, kernel_w: int, dtype=np.float64) -> np.ndarray
         for slot, k in enumerate(others):
             angle = first + 2 * math.pi * slot / len(others)
             ring[k] = (math.sin(angle), math.cos(angle))
+    # sin and cos of multiples of pi/2 come out as 1e-16, not 0: snap them, so that axis taps
+    # sit exactly on the grid (a kink) and take the documented right derivative.
+    ring = np.where(np.abs(ring - np.round(ring)) < 1e-12, np.round(ring), ring)
     return (ring - around).astype(dtype)
 
 

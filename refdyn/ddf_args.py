@@ -1,6 +1,6 @@
 """Shapes, argument checks and the gradient record of the DDF operator.
 
-Shared by the NumPy implementations in :mod:`refdyn.ddf` (and by any later GPU mirror), so that
+Shared by the NumPy implementations in :mod:`refdyn.decoupled_dynamic_filter` (and by any later GPU mirror), so that
 all of them accept exactly the same arguments and reject bad ones with the same messages.
 Layout of the official code (theFoxofSky/ddfnet; REFERENCE.md section 6):
 
@@ -78,7 +78,7 @@ class DDFGrads:
 
 
 def check_positive_int(value, name: str, smallest: int = 1) -> int:
-    """Return ``value`` as an int; TypeError unless it is an int, ValueError if below ``smallest``."""
+    """``value`` as an int: TypeError unless it is an int, ValueError if below ``smallest``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < smallest:

@@ -137,6 +137,23 @@ ACTIVE_CONV2D = Operator(
     examples="refdyn.testing.active_conv_cases:example_configs",
 )
 
+DDF = Operator(
+    name="ddf",
+    summary="decoupled dynamic filter: spatial x channel dynamic filters, depth-wise (paper 003)",
+    differentiable=("features", "channel_filter", "spatial_filter"),
+    # "mul" is linear in each input; "add" ((D^sp + D^ch) F) is affine in each filter, which the
+    # adjoint test (it subtracts f(0)) accepts as well.
+    linear=("features", "channel_filter", "spatial_filter"),
+    kinked=(),
+    implementations={
+        "literal": Implementation("refdyn.decoupled_dynamic_filter:ddf_literal", "refdyn.decoupled_dynamic_filter:ddf_backward_literal"),
+        "vectorized": Implementation("refdyn.decoupled_dynamic_filter:ddf", "refdyn.decoupled_dynamic_filter:ddf_backward"),
+    },
+    configs="refdyn.testing.strategies:ddf_configs",
+    make_case="refdyn.testing.ddf_cases:make_case",
+    examples="refdyn.testing.ddf_cases:example_configs",
+)
+
 OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D,
-                                                          ACTIVE_CONV2D)}
+                                                          ACTIVE_CONV2D, DDF)}
 BACKENDS = ("literal", "vectorized", "host", "numba", "cupy")

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from .active_conv_cases import ActiveConvConfig
 from .bilinear_cases import KINK_FREE_POINT_KINDS, POINT_KINDS, BilinearConfig
+from .ddf_cases import DDFConfig
 from .deform_conv_cases import KINK_FREE_OFFSET_KINDS, OFFSET_KINDS, DeformConvConfig
 
 
@@ -113,4 +114,28 @@ def active_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
         position_scale=draw(st.sampled_from((0.5, 2.0, 4.0))),
         boundary=draw(st.sampled_from(tuple(boundaries))),
         coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
+        dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def ddf_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"), kink_free: bool = False,
+                max_batch: int = 2, max_channels_per_head: int = 2, max_extent: int = 7,
+                kernel_sizes: Sequence[int] = (1, 3, 5),
+                kernel_combines: Sequence[str] = ("mul", "add")) -> DDFConfig:
+    """Valid ``ddf`` configurations: odd kernels, strides that do and do not divide the image,
+    dilations reaching past the border, one to three heads, both kernel combinations.
+
+    kink_free is accepted for a uniform interface and ignored: the operator has no kinks.
+    """
+    del kink_free
+    stride = draw(st.integers(1, 3))
+    head = draw(st.integers(1, 3))
+    return DDFConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),  # shrinks towards 1
+        channels=head * draw(st.integers(1, max_channels_per_head)),
+        height=draw(st.integers(stride, max(stride, max_extent))),
+        width=draw(st.integers(stride, max(stride, max_extent))),
+        kernel_size=draw(st.sampled_from(tuple(kernel_sizes))),
+        dilation=draw(st.integers(1, 3)), stride=stride, head=head,
+        kernel_combine=draw(st.sampled_from(tuple(kernel_combines))),
         dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))

@@ -129,7 +129,8 @@ def _pad_width(geo: DDFGeometry) -> int:
 
 def _tap_slices(geo: DDFGeometry):
     """For each tap t = (ky, kx): (t, rows, cols), the slices of the padded features holding the
-    pixel p_i + ((ky - r) d, (kx - r) d) of every output pixel i (rows ky d + ph s, likewise cols)."""
+    pixel p_i + ((ky - r) d, (kx - r) d) of every output pixel i (padded rows ky d + ph s,
+    likewise the columns)."""
     for ky in range(geo.kernel_size):
         for kx in range(geo.kernel_size):
             rows = slice(ky * geo.dilation, ky * geo.dilation + (geo.out_h - 1) * geo.stride + 1,
@@ -140,8 +141,8 @@ def _tap_slices(geo: DDFGeometry):
 
 
 class _Operands:
-    """The inputs of one call reshaped so that every tap broadcasts over heads:
-    features_by_head(view) (N, head, C/head, H_out, W_out); ``spatial`` (N, head, k*k, H_out,
+    """The inputs of one call arranged so that every tap broadcasts over the heads: ``padded``
+    the zero-padded features (N, C, H + 2 r d, W + 2 r d); ``spatial`` (N, head, k*k, H_out,
     W_out); ``channel`` (N, head, C/head, k*k)."""
 
     def __init__(self, geo: DDFGeometry, features, channel_filter, spatial_filter):
