@@ -18,10 +18,13 @@ import numpy as np
 from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGeometry, DeformConvGrads
 
-#: The fields of ``struct Geometry`` in deform_conv.cu, in order (17 int64 values).
+#: The fields of ``struct Geometry`` in deform_conv.cu, in order (18 int64 values).
 GEOMETRY_FIELDS = ("batch", "in_channels", "height", "width", "out_channels", "kernel_h",
                    "kernel_w", "groups", "offset_groups", "stride_h", "stride_w", "pad_h",
-                   "pad_w", "dilation_h", "dilation_w", "out_h", "out_w")
+                   "pad_w", "dilation_h", "dilation_w", "out_h", "out_w", "boundary")
+
+#: ``enum BoundaryRule`` in deform_conv.cu.
+BOUNDARY_RULES = {"zeros": 0, "border": 1}
 
 #: ``enum CoordGradRule`` in deform_conv.cu.
 COORD_GRAD_RULES = {"torchvision": 0, "mmcv": 1}
@@ -30,7 +33,8 @@ KERNEL_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 def geometry_array(xp, geo: DeformConvGeometry, batch: int):
-    """``struct Geometry`` as an int64 array of ``xp``, for ``batch`` images."""
+    """``struct Geometry`` as an int64 array of ``xp``, for ``batch`` images (the boundary rule
+    as its ``enum BoundaryRule`` value)."""
     values = {
         "batch": batch, "in_channels": geo.in_channels, "height": geo.height, "width": geo.width,
         "out_channels": geo.out_channels, "kernel_h": geo.kernel_h, "kernel_w": geo.kernel_w,
@@ -38,7 +42,7 @@ def geometry_array(xp, geo: DeformConvGeometry, batch: int):
         "stride_h": geo.stride[0], "stride_w": geo.stride[1],
         "pad_h": geo.padding[0], "pad_w": geo.padding[1],
         "dilation_h": geo.dilation[0], "dilation_w": geo.dilation[1],
-        "out_h": geo.out_h, "out_w": geo.out_w,
+        "out_h": geo.out_h, "out_w": geo.out_w, "boundary": BOUNDARY_RULES[geo.boundary],
     }
     return xp.asarray(np.array([values[name] for name in GEOMETRY_FIELDS], dtype=np.int64))
 

@@ -1,9 +1,10 @@
 """The CUDA C kernels of ``deform_conv.cu`` on a GPU via CuPy (importable as ``refdyn.gpu.cupy``).
 
 The source is compiled once by NVRTC (``cupy.RawModule``) and kept.  Same functions and
-arguments as :mod:`refdyn.deform_conv`; NumPy arrays are copied to the device and the results
-come back as NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array
-when ``input`` is one).  :func:`refdyn.gpu.backend_problem` says whether this can run here.
+arguments as :mod:`refdyn.deform_conv`, and Active Convolution (:mod:`refdyn.active_conv`)
+assembled from them; NumPy arrays are copied to the device and the results come back as NumPy
+arrays, while CuPy arrays stay on the device (the result is a CuPy array when ``input`` is
+one).  :func:`refdyn.gpu.backend_problem` says whether this can run here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import cupy
 import numpy as np
 
+from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
@@ -57,31 +59,72 @@ def _like_input(array, input):
     return cupy.asnumpy(array)
 
 
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+def _grads_like_input(grads, input):
+    """Each gradient of a DeformConvGrads or ActiveConvGrads passed through :func:`_like_input`."""
+    return type(grads)(**{name: _like_input(value, input) for name, value in vars(grads).items()})
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
+                  *, boundary="zeros"):
     """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1) on the GPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d`; NumPy or CuPy arrays.
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
-                                   all_finite=_all_finite)
+                                   boundary=boundary, all_finite=_all_finite)
     output = _cuda_c.forward(cupy, launch, geo, *_to_device(input, offset, weight, bias, mask))
     return _like_input(output, input)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
-                           *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+                           *, boundary="zeros",
+                           chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
     """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2) on the GPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:
     grad_input by an ordered gather (bitwise reproducible) instead of atomicAdd.
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
-                                   all_finite=_all_finite)
+                                   boundary=boundary, all_finite=_all_finite)
     check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
     device_grad_output, device_input, device_offset, device_weight, device_mask = _to_device(
         grad_output, input, offset, weight, mask)
     grads = _cuda_c.backward(cupy, launch, geo, device_grad_output, device_input, device_offset,
                              device_weight, device_mask, coord_grad, deterministic, chunk_elements)
-    return DeformConvGrads(**{name: _like_input(value, input)
-                              for name, value in vars(grads).items()})
+    return _grads_like_input(grads, input)
+
+
+def _on_device(array):
+    """A NumPy array copied to the device; anything else as it is (for the checks to judge)."""
+    return cupy.asarray(array) if isinstance(array, np.ndarray) else array
+
+
+def active_conv2d(input, positions, weight, bias=None, stride=1, padding=0, boundary="zeros"):
+    """Active convolution y(p0) = sum_k w_k x(p0 + p_k + theta_k) (DCNv1 Eq. 2 with dp_k = theta_k)
+    from this module's :func:`deform_conv2d`, by :func:`refdyn.active_conv.active_conv2d_via`
+    over CuPy arrays (NumPy arguments are copied to the device first).
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d`.
+    """
+    output = active_conv2d_via(deform_conv2d, cupy,
+                               *map(_on_device, (input, positions, weight, bias)), stride,
+                               padding, boundary, all_finite=_all_finite)
+    return _like_input(output, input)
+
+
+def active_conv2d_backward(grad_output, input, positions, weight, bias=None, stride=1, padding=0,
+                           boundary="zeros", coord_grad="torchvision",
+                           deterministic=False) -> ActiveConvGrads:
+    """Gradients of :func:`active_conv2d` from :func:`deform_conv2d_backward` (the position
+    gradient sums the offset gradient over (n, i, j)), by
+    :func:`refdyn.active_conv.active_conv2d_backward_via` over CuPy arrays.
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d_backward`, plus
+    ``deterministic`` for grad_input as in :func:`deform_conv2d_backward`.
+    """
+    grads = active_conv2d_backward_via(
+        deform_conv2d_backward, cupy,
+        *map(_on_device, (grad_output, input, positions, weight, bias)), stride, padding,
+        boundary, all_finite=_all_finite, coord_grad=coord_grad, deterministic=deterministic)
+    return _grads_like_input(grads, input)

@@ -9,6 +9,8 @@
 //     bias   (C_out,)                     output (N, C_out, H_out, W_out)
 // Input channel c belongs to group c / (C_in / groups) and to offset group g = c / (C_in / G).
 // Every array is C-contiguous; mask and bias may be null (DCNv1, no bias).
+// Samples follow the call's boundary rule (REFERENCE.md section 1): zeros (the image is
+// zero-padded) or border (the point is clamped to [0, H-1] x [0, W-1] first).
 //
 // Each kernel is a template over scalar_t (float, double), exported at the end of the file as
 // extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
@@ -25,13 +27,15 @@
 
 typedef long long index_t;
 
-// The sizes of one call: 17 int64 values, in the order of GEOMETRY_FIELDS in _cuda_c.py.
-// Each kernel receives a pointer to it and copies it into its body's by-value parameter.
+// The sizes of one call and its boundary rule (a BoundaryRule): 18 int64 values, in the order
+// of GEOMETRY_FIELDS in _cuda_c.py.  Each kernel receives a pointer to it and copies it into its
+// body's by-value parameter.
 struct Geometry {
     index_t batch, in_channels, height, width;
     index_t out_channels, kernel_h, kernel_w, groups, offset_groups;
     index_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
     index_t out_h, out_w;
+    index_t boundary;
 
     __device__ index_t taps() const { return kernel_h * kernel_w; }
     __device__ index_t positions() const { return out_h * out_w; }
@@ -40,6 +44,9 @@ struct Geometry {
     __device__ index_t out_per_group() const { return out_channels / groups; }
     __device__ index_t in_per_offset_group() const { return in_channels / offset_groups; }
 };
+
+// The boundary rules of bilinear sampling (REFERENCE.md section 1).
+enum BoundaryRule { BOUNDARY_ZEROS = 0, BOUNDARY_BORDER = 1 };
 
 // The offset-gradient rule at the edge of the zeros boundary (pytorch/vision issue 6885).
 enum CoordGradRule { COORD_GRAD_TORCHVISION = 0, COORD_GRAD_MMCV = 1 };
@@ -114,7 +121,8 @@ __device__ __forceinline__ bool in_sampling_region(Point<scalar_t> p, index_t he
 }
 
 // Some neighbour of p lies in the image only if -2 < p_y < H + 1 and -2 < p_x < W + 1.  Outside
-// this band every value and derivative is 0, so no far (or huge) coordinate reaches floor().
+// this band every value and derivative of the zeros rule is 0, so no far (or huge) coordinate
+// reaches floor().
 template <typename scalar_t>
 __device__ __forceinline__ bool near_image(Point<scalar_t> p, index_t height, index_t width)
 {
@@ -122,16 +130,48 @@ __device__ __forceinline__ bool near_image(Point<scalar_t> p, index_t height, in
            && p.x < (scalar_t)(width + 1);
 }
 
-// The four integer neighbours q of a point p near the image and their bilinear weights
-// G(q, p) = g(q_y, p_y) g(q_x, p_x), g(a, b) = max(0, 1 - |a - b|) (DCNv1 Eq. 3-4).
-// Corner 0..3 is (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1), with y0 = floor(p_y).
+// Whether x(p) may be non-zero: always under the border rule (p is clamped into the image),
+// only inside the sampling region under the zeros rule.
+template <typename scalar_t>
+__device__ __forceinline__ bool sample_reads_image(const Geometry& geo, Point<scalar_t> p)
+{
+    return geo.boundary == BOUNDARY_BORDER || in_sampling_region(p, geo.height, geo.width);
+}
+
+// The border rule's clamp of one coordinate into [0, extent - 1].
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t clamp_coordinate(scalar_t v, index_t extent)
+{
+    const scalar_t last = (scalar_t)(extent - 1);
+    return v < scalar_t(0) ? scalar_t(0) : (v > last ? last : v);
+}
+
+// Right derivative of that clamp: 1 for 0 <= v < extent - 1, 0 elsewhere (REFERENCE.md section 1).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t clamp_slope(scalar_t v, index_t extent)
+{
+    return v >= scalar_t(0) && v < (scalar_t)(extent - 1) ? scalar_t(1) : scalar_t(0);
+}
+
+// The four integer neighbours q of a point p and their bilinear weights
+// G(q, p) = g(q_y, p_y) g(q_x, p_x), g(a, b) = max(0, 1 - |a - b|) (DCNv1 Eq. 3-4), under the
+// call's boundary rule.  Corner 0..3 is (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1),
+// with y0 = floor(p_y).  Under the border rule p is clamped to [0, H-1] x [0, W-1] first and a
+// neighbour beyond the last row or column is the edge pixel; under the zeros rule p must be near
+// the image (near_image) and a neighbour outside it reads 0.
 template <typename scalar_t>
 struct Neighbours {
-    index_t y0, x0;
+    index_t y0, x0, height, width;
     scalar_t ly, lx;  // p - floor(p), in [0, 1)
+    bool border;
 
-    __device__ explicit Neighbours(Point<scalar_t> p)
+    __device__ Neighbours(const Geometry& geo, Point<scalar_t> p)
+        : height(geo.height), width(geo.width), border(geo.boundary == BOUNDARY_BORDER)
     {
+        if (border) {
+            p.y = clamp_coordinate(p.y, height);
+            p.x = clamp_coordinate(p.x, width);
+        }
         const scalar_t fy = floor(p.y), fx = floor(p.x);
         y0 = (index_t)fy;
         x0 = (index_t)fx;
@@ -139,10 +179,20 @@ struct Neighbours {
         lx = p.x - fx;
     }
 
-    __device__ index_t row(int corner) const { return y0 + corner / 2; }
-    __device__ index_t col(int corner) const { return x0 + corner % 2; }
+    // The pixel the corner reads: beyond the last row or column, the edge under the border rule
+    // (y0, x0 >= 0 there); under the zeros rule possibly outside the image (see in_image).
+    __device__ index_t row(int corner) const
+    {
+        const index_t y = y0 + corner / 2;
+        return border && y >= height ? height - 1 : y;
+    }
+    __device__ index_t col(int corner) const
+    {
+        const index_t x = x0 + corner % 2;
+        return border && x >= width ? width - 1 : x;
+    }
 
-    __device__ bool in_image(int corner, index_t height, index_t width) const
+    __device__ bool in_image(int corner) const
     {
         return row(corner) >= 0 && row(corner) < height && col(corner) >= 0 && col(corner) < width;
     }
@@ -155,24 +205,24 @@ struct Neighbours {
         return wy * wx;
     }
 
-    // x(q); corners outside the image read 0 (zeros rule).
-    __device__ scalar_t read(const scalar_t* image, index_t height, index_t width, int corner) const
+    // x(q); corners outside the image read 0 (zeros rule; never under the border rule).
+    __device__ scalar_t read(const scalar_t* image, int corner) const
     {
-        if (!in_image(corner, height, width)) return scalar_t(0);
+        if (!in_image(corner)) return scalar_t(0);
         return image[row(corner) * width + col(corner)];
     }
 };
 
-// x(p) = sum_q G(q, p) x(q) under the zeros rule (DCNv1 Eq. 3).  image: one (H, W) channel.
+// x(p) = sum_q G(q, p) x(q) under the call's boundary rule (DCNv1 Eq. 3).  image: one (H, W)
+// channel.
 template <typename scalar_t>
-__device__ scalar_t bilinear_sample(const scalar_t* image, index_t height, index_t width,
-                                    Point<scalar_t> p)
+__device__ scalar_t bilinear_sample(const Geometry& geo, const scalar_t* image, Point<scalar_t> p)
 {
-    if (!in_sampling_region(p, height, width)) return scalar_t(0);
-    const Neighbours<scalar_t> q(p);
+    if (!sample_reads_image(geo, p)) return scalar_t(0);
+    const Neighbours<scalar_t> q(geo, p);
     scalar_t value = 0;
     for (int corner = 0; corner < 4; ++corner) {
-        value += q.weight(corner) * q.read(image, height, width, corner);
+        value += q.weight(corner) * q.read(image, corner);
     }
     return value;
 }
@@ -181,21 +231,26 @@ __device__ scalar_t bilinear_sample(const scalar_t* image, index_t height, index
 // is an integer (floor):
 //     d x(p)/d p_y = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
 //     d x(p)/d p_x = (1 - ly)(x[y0, x0+1] - x[y0, x0]) + ly (x[y0+1, x0+1] - x[y0+1, x0])
-// COORD_GRAD_TORCHVISION applies this with no early exit (so at p_y = -1 it reads row 0);
+// Border rule: the formula at the clamped point times the clamp's right derivative (clamp_slope),
+// so 0 along an axis where p lies outside [0, H-1) (or [0, W-1)).  Zeros rule:
+// COORD_GRAD_TORCHVISION applies the formula with no early exit (so at p_y = -1 it reads row 0);
 // COORD_GRAD_MMCV returns 0 outside the sampling region (also the official DCNv2 code).
 template <typename scalar_t>
-__device__ Point<scalar_t> bilinear_coord_grad(const scalar_t* image, index_t height, index_t width,
+__device__ Point<scalar_t> bilinear_coord_grad(const Geometry& geo, const scalar_t* image,
                                                Point<scalar_t> p, index_t rule)
 {
-    Point<scalar_t> grad = {scalar_t(0), scalar_t(0)};
-    if (rule == COORD_GRAD_MMCV && !in_sampling_region(p, height, width)) return grad;
-    if (!near_image(p, height, width)) return grad;
-    const Neighbours<scalar_t> q(p);
-    const scalar_t v00 = q.read(image, height, width, 0), v01 = q.read(image, height, width, 1);
-    const scalar_t v10 = q.read(image, height, width, 2), v11 = q.read(image, height, width, 3);
-    grad.y = (scalar_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01);
-    grad.x = (scalar_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10);
-    return grad;
+    Point<scalar_t> slope = {scalar_t(1), scalar_t(1)};
+    if (geo.boundary == BOUNDARY_BORDER) {
+        slope = {clamp_slope(p.y, geo.height), clamp_slope(p.x, geo.width)};
+    } else if ((rule == COORD_GRAD_MMCV && !in_sampling_region(p, geo.height, geo.width))
+               || !near_image(p, geo.height, geo.width)) {
+        return {scalar_t(0), scalar_t(0)};
+    }
+    const Neighbours<scalar_t> q(geo, p);
+    const scalar_t v00 = q.read(image, 0), v01 = q.read(image, 1);
+    const scalar_t v10 = q.read(image, 2), v11 = q.read(image, 3);
+    return {slope.y * ((scalar_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01)),
+            slope.x * ((scalar_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10))};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,7 +276,7 @@ __device__ void forward(const Geometry geo, const scalar_t* input, const scalar_
             const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
             for (index_t k = 0; k < taps; ++k) {
                 const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-                const scalar_t column = bilinear_sample(image, geo.height, geo.width, p)
+                const scalar_t column = bilinear_sample(geo, image, p)
                                         * modulation(geo, mask, n, g, k, pos);
                 sum += weight[(o * in_per_group + c_local) * taps + k] * column;
             }
@@ -275,12 +330,11 @@ __device__ void grad_offset_mask(const Geometry geo, const scalar_t* input, cons
         for (index_t c = g * per_offset_group; c < (g + 1) * per_offset_group; ++c) {
             const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
             const scalar_t col = column_grad[column_index(geo, n, c, k, pos)];
-            const Point<scalar_t> dx_dp = bilinear_coord_grad(image, geo.height, geo.width, p,
-                                                              rule);
+            const Point<scalar_t> dx_dp = bilinear_coord_grad(geo, image, p, rule);
             grad_p.y += col * m * dx_dp.y;
             grad_p.x += col * m * dx_dp.x;
             if (grad_mask != nullptr) {
-                grad_m += col * bilinear_sample(image, geo.height, geo.width, p);
+                grad_m += col * bilinear_sample(geo, image, p);
             }
         }
         const index_t dy_at = offset_index(geo, n, g, k, pos);
@@ -292,6 +346,7 @@ __device__ void grad_offset_mask(const Geometry geo, const scalar_t* input, cons
 
 // dL/d x(q) += col_grad dm G(q, p) for the neighbours q of every sample p: the adjoint of Eq. 3,
 // one thread per (n, c, k, i, j), summed with atomicAdd (the order, and so the last bits, vary).
+// Under the border rule a neighbour beyond the edge passes its share to the edge pixel it reads.
 // grad_input must hold zeros first.
 template <typename scalar_t>
 __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, const scalar_t* mask,
@@ -304,12 +359,12 @@ __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, co
         const index_t n = pos.rest / (taps * geo.in_channels);
         const index_t g = c / geo.in_per_offset_group();
         const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-        if (!in_sampling_region(p, geo.height, geo.width)) continue;  // x(p) = 0 reads no pixel
-        const Neighbours<scalar_t> q(p);
+        if (!sample_reads_image(geo, p)) continue;  // x(p) = 0 reads no pixel
+        const Neighbours<scalar_t> q(geo, p);
         const scalar_t grad_sample = column_grad[idx] * modulation(geo, mask, n, g, k, pos);
         scalar_t* grad_image = grad_input + (n * geo.in_channels + c) * geo.pixels();
         for (int corner = 0; corner < 4; ++corner) {
-            if (q.in_image(corner, geo.height, geo.width)) {
+            if (q.in_image(corner)) {
                 atomicAdd(&grad_image[q.row(corner) * geo.width + q.col(corner)],
                           grad_sample * q.weight(corner));
             }
@@ -318,7 +373,8 @@ __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, co
 }
 
 // Deterministic dL/d x(q), with no floating-point atomics.  The samples of one (n, offset group g)
-// that touch a pixel form that pixel's list of contributions, identified by
+// that touch a pixel (the pixel a corner reads, so under the border rule the edge pixel for a
+// corner beyond the edge) form that pixel's list of contributions, identified by
 //     id = (k * H_out * W_out + i * W_out + j) * 4 + corner.
 // Four passes, the lists stored CSR-style (starts = exclusive prefix sum of the sizes):
 //   count_contributions:  sizes[n, g, pixel] += 1 per contribution    (integer atomics)
@@ -338,11 +394,11 @@ __device__ __forceinline__ void for_each_contribution(const Geometry& geo, const
     const index_t k = pos.rest % taps, g = pos.rest / taps % geo.offset_groups;
     const index_t n = pos.rest / (taps * geo.offset_groups);
     const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-    if (!in_sampling_region(p, geo.height, geo.width)) return;
-    const Neighbours<scalar_t> q(p);
+    if (!sample_reads_image(geo, p)) return;
+    const Neighbours<scalar_t> q(geo, p);
     const index_t first_list = (n * geo.offset_groups + g) * geo.pixels();
     for (int corner = 0; corner < 4; ++corner) {
-        if (q.in_image(corner, geo.height, geo.width)) {
+        if (q.in_image(corner)) {
             visit(first_list + q.row(corner) * geo.width + q.col(corner),
                   (k * geo.positions() + pos.flat) * 4 + corner);
         }
@@ -410,7 +466,7 @@ __device__ void grad_input_gather(const Geometry geo, const scalar_t* offset, co
             const int corner = (int)(id % 4);
             const Position pos = split_position(geo, id / 4);
             const index_t k = pos.rest;
-            const Neighbours<scalar_t> q(sampling_point(geo, offset, n, g, k, pos));
+            const Neighbours<scalar_t> q(geo, sampling_point(geo, offset, n, g, k, pos));
             const scalar_t grad_sample = column_grad[column_index(geo, n, c, k, pos)]
                                          * modulation(geo, mask, n, g, k, pos);
             sum += grad_sample * q.weight(corner);
@@ -438,7 +494,7 @@ __device__ void grad_weight(const Geometry geo, const scalar_t* input, const sca
             for (index_t flat = 0; flat < geo.positions(); ++flat) {
                 const Position pos = split_position(geo, flat);
                 const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-                sum += go[flat] * (bilinear_sample(image, geo.height, geo.width, p)
+                sum += go[flat] * (bilinear_sample(geo, image, p)
                                    * modulation(geo, mask, n, g, k, pos));
             }
         }

@@ -7,7 +7,8 @@ launch is played by a Python loop over a small grid of :data:`GRID_BLOCKS` block
 :data:`BLOCK_THREADS` threads: before each call the harness sets ``blockIdx``/``threadIdx``,
 so every kernel's grid-stride loop and index arithmetic run exactly as written for the GPU.
 
-Same functions and arguments as :mod:`refdyn.deform_conv`; NumPy arrays in and out.
+Same functions and arguments as :mod:`refdyn.deform_conv`, and Active Convolution
+(:mod:`refdyn.active_conv`) assembled from them; NumPy arrays in and out.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
@@ -144,28 +146,57 @@ def _contiguous(array):
     return None if array is None else np.ascontiguousarray(array)
 
 
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
+                  *, boundary="zeros"):
     """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1), the CUDA C kernel run on the CPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d` (one thread per output element,
     so no buffer and no ``chunk_elements``).
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary=boundary)
     return _cuda_c.forward(np, launch, geo, *map(_contiguous, (input, offset, weight, bias, mask)))
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
-                           *, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+                           *, boundary="zeros",
+                           chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
     """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2), the CUDA C kernels run on the CPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:
     grad_input by the ordered gather instead of atomicAdd (on the CPU both are reproducible,
     since the threads run one after the other).
     """
-    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
+                                   boundary=boundary)
     check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
     grad_output, input, offset, weight, mask = map(
         _contiguous, (grad_output, input, offset, weight, mask))
     return _cuda_c.backward(np, launch, geo, grad_output, input, offset, weight, mask,
                             coord_grad, deterministic, chunk_elements)
+
+
+def active_conv2d(input, positions, weight, bias=None, stride=1, padding=0, boundary="zeros"):
+    """Active convolution y(p0) = sum_k w_k x(p0 + p_k + theta_k) (DCNv1 Eq. 2 with dp_k = theta_k)
+    from this module's :func:`deform_conv2d`, by :func:`refdyn.active_conv.active_conv2d_via`.
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d`.
+    """
+    return active_conv2d_via(deform_conv2d, np, input, positions, weight, bias, stride, padding,
+                             boundary)
+
+
+def active_conv2d_backward(grad_output, input, positions, weight, bias=None, stride=1, padding=0,
+                           boundary="zeros", coord_grad="torchvision",
+                           deterministic=False) -> ActiveConvGrads:
+    """Gradients of :func:`active_conv2d` from :func:`deform_conv2d_backward` (the position
+    gradient sums the offset gradient over (n, i, j)), by
+    :func:`refdyn.active_conv.active_conv2d_backward_via`.
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d_backward`, plus
+    ``deterministic`` for grad_input as in :func:`deform_conv2d_backward`.
+    """
+    return active_conv2d_backward_via(deform_conv2d_backward, np, grad_output, input, positions,
+                                      weight, bias, stride, padding, boundary,
+                                      coord_grad=coord_grad, deterministic=deterministic)

@@ -23,8 +23,13 @@ Kernels (one thread per element, grid-stride loops, 64-bit indices):
   bitwise identical results on every run).
 
 Every kernel samples through :func:`_corner` (the neighbours and weights G(q, p) of DCNv1
-Eq. 3-4, ``zeros`` boundary rule) and differentiates through :func:`_coord_grad` (Eq. 7,
-``torchvision`` or ``mmcv`` edge rule; REFERENCE.md sections 1-2).
+Eq. 3-4) and differentiates through :func:`_coord_grad` (Eq. 7), both under the call's boundary
+rule (``zeros``, or ``border`` when the kernel's ``border`` flag is set) and, for ``zeros``, the
+``torchvision`` or ``mmcv`` edge rule of the coordinate gradient (REFERENCE.md sections 1-2).
+
+:func:`active_conv2d` and :func:`active_conv2d_backward` compute Active Convolution from this
+module's deformable convolution (:func:`refdyn.active_conv.active_conv2d_via`); the little
+array work around the kernels is NumPy on the host (see :func:`active_conv2d`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import math
 
 import numpy as np
 
+from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
@@ -49,7 +55,7 @@ if not cuda.is_available():
     raise ImportError("refdyn.gpu.numba cannot run here: Numba finds no usable CUDA device "
                       "(was numba imported before NUMBA_ENABLE_CUDASIM was set?)")
 
-__all__ = ["deform_conv2d", "deform_conv2d_backward"]
+__all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward"]
 
 # Launch shape of every grid-stride kernel.  The simulator runs each thread as a Python thread,
 # so it gets a few hundred threads per launch; a GPU gets enough to fill it.
@@ -93,26 +99,41 @@ def _modulation(mask, offset, n, gk, i, j):
 
 
 @cuda.jit(device=True)
-def _corner(image, p_y, p_x, corner):
-    """Neighbour ``corner`` (0..3: (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1)) of p and its
-    bilinear weight G(q, p) = g(q_y, p_y) g(q_x, p_x) (DCNv1 Eq. 3-4), zeros rule.
+def _clamp(image, p_y, p_x):
+    """The border rule's clamp of p into [0, H-1] x [0, W-1] of image (edge replicated)."""
+    T = image.dtype.type
+    return (min(max(p_y, T(0)), T(image.shape[2] - 1)),
+            min(max(p_x, T(0)), T(image.shape[3] - 1)))
 
-    Returns (y, x, weight); y = -1 when q reads nothing: p is outside (p_y <= -1, p_y >= H,
-    p_x <= -1 or p_x >= W, where the sample is 0) or q is outside the image.
+
+@cuda.jit(device=True)
+def _corner(image, p_y, p_x, corner, border):
+    """Neighbour ``corner`` (0..3: (y0,x0), (y0,x0+1), (y0+1,x0), (y0+1,x0+1)) of p and its
+    bilinear weight G(q, p) = g(q_y, p_y) g(q_x, p_x) (DCNv1 Eq. 3-4).
+
+    Returns (y, x, weight) of the pixel q reads.  ``border``: p is clamped into the image first
+    and a neighbour beyond the last row or column reads the edge pixel.  Zeros rule: y = -1 when
+    q reads nothing, because p is outside (p_y <= -1, p_y >= H, p_x <= -1 or p_x >= W, where the
+    sample is 0) or q is outside the image.
     """
     T = image.dtype.type
     height = image.shape[2]
     width = image.shape[3]
-    if p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width):
+    if border:
+        p_y, p_x = _clamp(image, p_y, p_x)
+    elif p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width):
         return -1, -1, T(0)
-    y0 = int(math.floor(p_y))  # -1 < p < H: a small integer (on the GPU floor is a float)
+    y0 = int(math.floor(p_y))  # -1 < p < H or clamped: a small integer (GPU floor is a float)
     x0 = int(math.floor(p_x))
     l_y = p_y - T(y0)
     l_x = p_x - T(x0)
     down, right = _split(corner, 2)
     y = y0 + down
     x = x0 + right
-    if y < 0 or y >= height or x < 0 or x >= width:
+    if border:
+        y = min(y, height - 1)
+        x = min(x, width - 1)
+    elif y < 0 or y >= height or x < 0 or x >= width:
         return -1, -1, T(0)
     weight_y = l_y if down else T(1) - l_y
     weight_x = l_x if right else T(1) - l_x
@@ -120,11 +141,11 @@ def _corner(image, p_y, p_x, corner):
 
 
 @cuda.jit(device=True)
-def _sample(image, n, c, p_y, p_x):
+def _sample(image, n, c, p_y, p_x, border):
     """x(p) = sum_q G(q, p) x(q) over the 4 neighbours of p in image[n, c] (DCNv1 Eq. 3)."""
     value = image.dtype.type(0)
     for corner in range(4):
-        y, x, weight = _corner(image, p_y, p_x, corner)
+        y, x, weight = _corner(image, p_y, p_x, corner, border)
         if y >= 0:
             value += weight * image[n, c, y, x]
     return value
@@ -139,32 +160,46 @@ def _pixel(image, n, c, y, x):
 
 
 @cuda.jit(device=True)
-def _coord_grad(image, n, c, p_y, p_x, mmcv):
+def _coord_grad(image, n, c, p_y, p_x, mmcv, border):
     """(d x(p)/d p_y, d x(p)/d p_x) in image[n, c] (DCNv1 Appendix A, Eq. 7), right derivatives
-    at integer coordinates (floor).  ``mmcv``: 0 wherever the sample is 0 (p_y <= -1, p_y >= H,
-    p_x <= -1, p_x >= W); otherwise (torchvision) the formula has no early exit, so at p_y = -1
-    it reads row 0."""
+    at integer coordinates (floor).  ``border``: the formula at the clamped point (neighbours
+    beyond the edge read the edge pixel) times the clamp's right derivative, 1 for
+    0 <= p_y < H - 1 and 0 elsewhere (likewise p_x).  Zeros rule: ``mmcv`` gives 0 wherever the
+    sample is 0 (p_y <= -1, p_y >= H, p_x <= -1, p_x >= W); otherwise (torchvision) the formula
+    has no early exit, so at p_y = -1 it reads row 0."""
     T = image.dtype.type
     zero = T(0)
     height = image.shape[2]
     width = image.shape[3]
-    if mmcv and (p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width)):
+    slope_y = T(1)
+    slope_x = T(1)
+    if border:
+        slope_y = T(1) if T(0) <= p_y < T(height - 1) else zero
+        slope_x = T(1) if T(0) <= p_x < T(width - 1) else zero
+        p_y, p_x = _clamp(image, p_y, p_x)
+    elif mmcv and (p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width)):
         return zero, zero
-    # All four neighbours are outside there: 0 under both rules, and floor() stays in range.
-    if p_y <= T(-2) or p_y >= T(height + 1) or p_x <= T(-2) or p_x >= T(width + 1):
+    # Zeros rule: all four neighbours are outside there, so 0 under both edge rules, and
+    # floor() stays in range.
+    elif p_y <= T(-2) or p_y >= T(height + 1) or p_x <= T(-2) or p_x >= T(width + 1):
         return zero, zero
     y0 = int(math.floor(p_y))
     x0 = int(math.floor(p_x))
+    y1 = y0 + 1
+    x1 = x0 + 1
+    if border:
+        y1 = min(y1, height - 1)
+        x1 = min(x1, width - 1)
     l_y = p_y - T(y0)
     l_x = p_x - T(x0)
     h_y = T(1) - l_y
     h_x = T(1) - l_x
     v00 = _pixel(image, n, c, y0, x0)
-    v01 = _pixel(image, n, c, y0, x0 + 1)
-    v10 = _pixel(image, n, c, y0 + 1, x0)
-    v11 = _pixel(image, n, c, y0 + 1, x0 + 1)
-    return (h_x * (v10 - v00) + l_x * (v11 - v01),
-            h_y * (v01 - v00) + l_y * (v11 - v10))
+    v01 = _pixel(image, n, c, y0, x1)
+    v10 = _pixel(image, n, c, y1, x0)
+    v11 = _pixel(image, n, c, y1, x1)
+    return (slope_y * (h_x * (v10 - v00) + l_x * (v11 - v01)),
+            slope_x * (h_y * (v01 - v00) + l_y * (v11 - v10)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +207,7 @@ def _coord_grad(image, n, c, p_y, p_x, mmcv):
 # ---------------------------------------------------------------------------------------------
 
 @cuda.jit
-def _forward_kernel(total, input, offset, mask, weight, bias, out, layer):
+def _forward_kernel(total, input, offset, mask, weight, bias, out, layer, border):
     """out[n, o, i, j] = bias[o] + sum_{c', a, b} w[o, c', a, b] * x(p) * dm."""
     T = input.dtype.type
     out_channels, in_per_group, kernel_h, kernel_w = weight.shape
@@ -194,7 +229,8 @@ def _forward_kernel(total, input, offset, mask, weight, bias, out, layer):
                 a, b = _split(k, kernel_w)
                 gk = g * taps + k
                 p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
-                column = _sample(input, n, c, p_y, p_x) * _modulation(mask, offset, n, gk, i, j)
+                column = (_sample(input, n, c, p_y, p_x, border)
+                          * _modulation(mask, offset, n, gk, i, j))
                 acc += weight[o, c_local, a, b] * column
         if bias is not None:
             acc += bias[o]
@@ -230,7 +266,7 @@ def _column_grad_kernel(total, grad_output, weight, columns):
 
 @cuda.jit
 def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, grad_mask,
-                             kernel_w, layer, mmcv):
+                             kernel_w, layer, mmcv, border):
     """For each (n, g, k, i, j), summed over the channels c of offset group g:
     grad_offset (dy, dx) = sum col * dm * d x(p)/d p;  grad_mask = sum col * x(p)."""
     T = input.dtype.type
@@ -254,11 +290,11 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
         grad_m = T(0)
         for c in range(g * in_per_offset_group, (g + 1) * in_per_offset_group):
             column = columns[n, c, k, i, j]
-            d_y, d_x = _coord_grad(input, n, c, p_y, p_x, mmcv)
+            d_y, d_x = _coord_grad(input, n, c, p_y, p_x, mmcv, border)
             grad_y += column * m * d_y
             grad_x += column * m * d_x
             if grad_mask is not None:
-                grad_m += column * _sample(input, n, c, p_y, p_x)
+                grad_m += column * _sample(input, n, c, p_y, p_x, border)
         grad_offset[n, 2 * gk, i, j] = grad_y
         grad_offset[n, 2 * gk + 1, i, j] = grad_x
         if grad_mask is not None:
@@ -266,7 +302,7 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
 
 
 @cuda.jit
-def _weight_grad_kernel(total, grad_output, input, offset, mask, grad_weight, layer):
+def _weight_grad_kernel(total, grad_output, input, offset, mask, grad_weight, layer, border):
     """grad_weight[o, c', a, b] = sum_{n, i, j} grad_output[n, o, i, j] * x(p) * dm."""
     T = input.dtype.type
     batch = input.shape[0]
@@ -287,7 +323,8 @@ def _weight_grad_kernel(total, grad_output, input, offset, mask, grad_weight, la
             for i in range(out_h):
                 for j in range(out_w):
                     p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
-                    column = _sample(input, n, c, p_y, p_x) * _modulation(mask, offset, n, gk, i, j)
+                    column = (_sample(input, n, c, p_y, p_x, border)
+                              * _modulation(mask, offset, n, gk, i, j))
                     acc += grad_output[n, o, i, j] * column
         grad_weight[o, c_local, a, b] = acc
 
@@ -313,7 +350,8 @@ def _fill_zero_kernel(total, flat):
 
 
 @cuda.jit
-def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, kernel_w, layer):
+def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, kernel_w, layer,
+                              border):
     """grad_input[n, c, q] += col * dm * G(q, p) for the 4 neighbours q of each sampling point
     (the adjoint of Eq. 3), scattered with floating-point atomics: the summation order, and so
     the last bits, depend on the thread schedule.  grad_input must start at 0."""
@@ -332,7 +370,7 @@ def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, k
         p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
         grad_sample = columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j)
         for corner in range(4):
-            y, x, weight = _corner(input, p_y, p_x, corner)
+            y, x, weight = _corner(input, p_y, p_x, corner, border)
             if y >= 0:
                 cuda.atomic.add(grad_input, (n, c, y, x), grad_sample * weight)
 
@@ -343,7 +381,7 @@ def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, k
 # then sorted, so the gather that follows sums every pixel's terms in increasing id order.
 
 @cuda.jit(device=True)
-def _contribution(input, offset, index, kernel_w, layer, sizes):
+def _contribution(input, offset, index, kernel_w, layer, border, sizes):
     """The term of contribution ``index`` (flat over (n, g, k, i, j, corner); sizes =
     (G, K, H_out, W_out)): (row, flat pixel y * W + x or -1 when it reads nothing, id)."""
     offset_groups, taps, out_h, out_w = sizes
@@ -354,16 +392,16 @@ def _contribution(input, offset, index, kernel_w, layer, sizes):
     n, g = _split(row, offset_groups)
     a, b = _split(k, kernel_w)
     p_y, p_x = _sampling_point(offset, n, g * taps + k, i, j, a, b, layer)
-    y, x, _ = _corner(input, p_y, p_x, corner)
+    y, x, _ = _corner(input, p_y, p_x, corner, border)
     pixel = y * input.shape[3] + x if y >= 0 else -1
     return row, pixel, index - row * (taps * out_h * out_w * 4)
 
 
 @cuda.jit
-def _count_contributions_kernel(total, input, offset, counts, kernel_w, layer, sizes):
+def _count_contributions_kernel(total, input, offset, counts, kernel_w, layer, border, sizes):
     """counts[row, pixel] = number of terms landing on each pixel (integer atomics)."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row, pixel, _ = _contribution(input, offset, index, kernel_w, layer, sizes)
+        row, pixel, _ = _contribution(input, offset, index, kernel_w, layer, border, sizes)
         if pixel >= 0:
             cuda.atomic.add(counts, (row, pixel), 1)
 
@@ -400,11 +438,12 @@ def _row_starts_kernel(total, counts, totals, starts):
 
 @cuda.jit
 def _place_contributions_kernel(total, input, offset, counts, starts, entries, kernel_w, layer,
-                                sizes):
+                                border, sizes):
     """Writes each term's id into its pixel's list, at a slot taken by counting counts[row,
     pixel] back down to 0 (integer atomics; the slot order is arbitrary until sorted)."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        row, pixel, contribution = _contribution(input, offset, index, kernel_w, layer, sizes)
+        row, pixel, contribution = _contribution(input, offset, index, kernel_w, layer, border,
+                                                 sizes)
         if pixel >= 0:
             slot = cuda.atomic.add(counts, (row, pixel), -1) - 1
             entries[row, starts[row, pixel] + slot] = contribution
@@ -428,7 +467,7 @@ def _sort_contributions_kernel(total, starts, entries):
 
 @cuda.jit
 def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entries, grad_input,
-                              kernel_w, layer):
+                              kernel_w, layer, border):
     """grad_input[n, c, y, x] = sum over the sorted list of (n, g(c), pixel) of col * dm * G(q, p),
     in increasing contribution id: no floating-point atomics, the same bits on every run."""
     T = input.dtype.type
@@ -455,7 +494,7 @@ def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entri
             a, b = _split(k, kernel_w)
             gk = g * taps + k
             p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
-            _, _, weight = _corner(input, p_y, p_x, corner)
+            _, _, weight = _corner(input, p_y, p_x, corner, border)
             acc += columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j) * weight
         grad_input[n, c, y, x] = acc
 
@@ -514,27 +553,33 @@ def _layer(geo) -> tuple[int, int, int, int, int, int]:
     return (*geo.stride, *geo.padding, *geo.dilation)
 
 
-def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+def _border(geo) -> bool:
+    """The kernels' ``border`` flag: True for the border rule, False for zeros."""
+    return geo.boundary == "border"
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
+                  *, boundary="zeros"):
     """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1 when ``mask`` is given) on the GPU.
 
     Same arguments, checks and result as :func:`refdyn.deform_conv.deform_conv2d`; NumPy arrays
     in give a NumPy array, a Numba device array ``input`` gives a device array.
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
-                                   all_finite=_all_finite)
+                                   boundary=boundary, all_finite=_all_finite)
     device = _is_device_array(input)
     if geo.batch == 0:
         out = np.zeros(geo.output_shape, dtype=geo.dtype)
         return cuda.to_device(out) if device else out
     out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
     _launch(_forward_kernel, math.prod(geo.output_shape), _on_device(input), _on_device(offset),
-            _on_device(mask), _on_device(weight), _on_device(bias), out, _layer(geo))
+            _on_device(mask), _on_device(weight), _on_device(bias), out, _layer(geo), _border(geo))
     return out if device else out.copy_to_host()
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision",
-                           deterministic=False) -> DeformConvGrads:
+                           deterministic=False, *, boundary="zeros") -> DeformConvGrads:
     """Every gradient of :func:`deform_conv2d` (DCNv1 Appendix A, Eq. 7; DCNv2) on the GPU.
 
     Same arguments, checks and result as :func:`refdyn.deform_conv.deform_conv2d_backward`,
@@ -544,7 +589,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     gradient is a gather and always deterministic.
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
-                                   all_finite=_all_finite)
+                                   boundary=boundary, all_finite=_all_finite)
     check_deform_conv2d_backward_args(grad_output, geo, coord_grad)
     device = _is_device_array(input)
     if geo.batch == 0:
@@ -557,7 +602,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
 
     grad_output, input, offset, weight, mask = (
         _on_device(a) for a in (grad_output, input, offset, weight, mask))
-    layer = _layer(geo)
+    layer, border = _layer(geo), _border(geo)
     kernel_w = geo.kernel_w
     batch, taps, out_h, out_w = geo.batch, geo.taps, geo.out_h, geo.out_w
     dtype = geo.dtype
@@ -569,11 +614,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     grad_mask = cuda.device_array(mask.shape, dtype=dtype) if mask is not None else None
     _launch(_offset_mask_grad_kernel, batch * geo.offset_groups * taps * out_h * out_w,
             input, offset, mask, columns, grad_offset, grad_mask, kernel_w, layer,
-            coord_grad == "mmcv")
+            coord_grad == "mmcv", border)
 
     grad_weight = cuda.device_array(weight.shape, dtype=dtype)
     _launch(_weight_grad_kernel, math.prod(weight.shape), grad_output, input, offset, mask,
-            grad_weight, layer)
+            grad_weight, layer, border)
 
     grad_bias = None
     if bias is not None:
@@ -585,7 +630,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     else:
         grad_input = _zeros(input.shape, dtype)
         _launch(_input_grad_atomic_kernel, math.prod(columns.shape), input, offset, mask,
-                columns, grad_input, kernel_w, layer)
+                columns, grad_input, kernel_w, layer, border)
 
     return _deliver(device, DeformConvGrads(grad_input=grad_input, grad_offset=grad_offset,
                                             grad_weight=grad_weight, grad_bias=grad_bias,
@@ -596,14 +641,14 @@ def _contribution_lists(geo, input, offset):
     """For each row (n, g) and input pixel, the ids of the terms of the scatter that land there,
     in increasing order: (starts (rows, H W + 1), entries (rows, K H_out W_out 4)), CSR style
     (pixel p of row r lists entries[r, starts[r, p]:starts[r, p + 1]]).  Integer atomics only."""
-    layer = _layer(geo)
+    layer, border = _layer(geo), _border(geo)
     rows = geo.batch * geo.offset_groups
     pixels = geo.height * geo.width
     per_row = geo.taps * geo.out_h * geo.out_w * 4
     sizes = (geo.offset_groups, geo.taps, geo.out_h, geo.out_w)
     counts = _zeros((rows, pixels), np.int64)
     _launch(_count_contributions_kernel, rows * per_row, input, offset, counts, geo.kernel_w,
-            layer, sizes)
+            layer, border, sizes)
     chunks = -(-pixels // _SCAN_CHUNK)
     totals = cuda.device_array((rows, chunks), dtype=np.int64)
     _launch(_chunk_totals_kernel, rows * chunks, counts, totals)
@@ -611,7 +656,7 @@ def _contribution_lists(geo, input, offset):
     _launch(_row_starts_kernel, rows * chunks, counts, totals, starts)
     entries = cuda.device_array((rows, per_row), dtype=np.int64)
     _launch(_place_contributions_kernel, rows * per_row, input, offset, counts, starts, entries,
-            geo.kernel_w, layer, sizes)
+            geo.kernel_w, layer, border, sizes)
     _launch(_sort_contributions_kernel, rows * pixels, starts, entries)
     return starts, entries
 
@@ -622,16 +667,58 @@ def _input_grad_deterministic(geo, input, offset, mask, columns):
     starts, entries = _contribution_lists(geo, input, offset)
     grad_input = cuda.device_array(input.shape, dtype=geo.dtype)
     _launch(_input_grad_gather_kernel, math.prod(input.shape), input, offset, mask, columns,
-            starts, entries, grad_input, geo.kernel_w, _layer(geo))
+            starts, entries, grad_input, geo.kernel_w, _layer(geo), _border(geo))
     return grad_input
 
 
-def _deliver(device: bool, grads: DeformConvGrads) -> DeformConvGrads:
-    """The gradients as device arrays (``device``) or as NumPy arrays, wherever each is now."""
+def _deliver(device: bool, grads):
+    """The gradients (a DeformConvGrads or ActiveConvGrads) as device arrays (``device``) or as
+    NumPy arrays, wherever each is now."""
     def move(array):
         if array is None or _is_device_array(array) == device:
             return array
         return cuda.to_device(array) if device else array.copy_to_host()
-    return DeformConvGrads(grad_input=move(grads.grad_input), grad_offset=move(grads.grad_offset),
-                           grad_weight=move(grads.grad_weight), grad_bias=move(grads.grad_bias),
-                           grad_mask=move(grads.grad_mask))
+    return type(grads)(**{name: move(value) for name, value in vars(grads).items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Active Convolution (paper 002) from the deformable convolution above
+# ---------------------------------------------------------------------------------------------
+
+def _on_host(array):
+    """A device array copied to the host; anything else as it is (for the checks to judge)."""
+    return array.copy_to_host() if _is_device_array(array) else array
+
+
+def active_conv2d(input, positions, weight, bias=None, stride=1, padding=0, boundary="zeros"):
+    """Active convolution y(p0) = sum_k w_k x(p0 + p_k + theta_k) (DCNv1 Eq. 2 with dp_k = theta_k)
+    from this module's :func:`deform_conv2d`, by :func:`refdyn.active_conv.active_conv2d_via`.
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d`.  Numba device
+    arrays have none of the broadcasting, copies of channel blocks and concatenation that
+    assemble the result from one deformable convolution per block, so that glue runs in NumPy on
+    the host: device arguments are copied to the host, each block's deform_conv2d runs the
+    kernels (copying its arrays to the device and back), and the result is a device array when
+    ``input`` is one.
+    """
+    output = active_conv2d_via(deform_conv2d, np, *map(_on_host, (input, positions, weight, bias)),
+                               stride, padding, boundary)
+    return cuda.to_device(output) if _is_device_array(input) else output
+
+
+def active_conv2d_backward(grad_output, input, positions, weight, bias=None, stride=1, padding=0,
+                           boundary="zeros", coord_grad="torchvision",
+                           deterministic=False) -> ActiveConvGrads:
+    """Gradients of :func:`active_conv2d` from :func:`deform_conv2d_backward` (the position
+    gradient sums the offset gradient over (n, i, j)), by
+    :func:`refdyn.active_conv.active_conv2d_backward_via`, with the same NumPy glue.
+
+    Same arguments, checks and result as :func:`refdyn.active_conv.active_conv2d_backward`, plus
+    ``deterministic`` for grad_input (as in :func:`deform_conv2d_backward`; the NumPy sums are
+    deterministic).  Device arrays out when ``input`` is a device array.
+    """
+    grads = active_conv2d_backward_via(
+        deform_conv2d_backward, np,
+        *map(_on_host, (grad_output, input, positions, weight, bias)), stride, padding, boundary,
+        coord_grad=coord_grad, deterministic=deterministic)
+    return _deliver(_is_device_array(input), grads)

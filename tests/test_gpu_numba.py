@@ -1,4 +1,5 @@
-"""The Numba CUDA backend (refdyn.gpu.numba) against the NumPy reference.
+"""The Numba CUDA backend (refdyn.gpu.numba) against the NumPy reference: deformable convolution
+under both boundary rules, and Active Convolution assembled from it.
 
 On a machine with a GPU the kernels run on the device; without one, conftest.py selects
 Numba's CUDA simulator, where every thread is a Python thread: sizes stay tiny.
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 
 import refdyn
+from refdyn.active_conv import ActiveConvGrads, active_conv2d, active_conv2d_backward
 from refdyn.deform_conv import deform_conv2d_backward_literal, deform_conv2d_literal
 from refdyn.deform_conv_args import check_deform_conv2d_args
 from refdyn.gpu import backend_problem
+from refdyn.testing.active_conv_cases import ActiveConvConfig, make_case as make_active_case
 from refdyn.testing.cases import close_enough, mismatch_report
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 
@@ -20,6 +23,7 @@ PROBLEM = backend_problem("numba")
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"numba backend: {PROBLEM}")
 
 GRAD_NAMES = ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask")
+ACTIVE_GRAD_NAMES = ("grad_input", "grad_positions", "grad_weight", "grad_bias")
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +46,16 @@ def assert_close(name, actual, expected, dtype):
     assert close_enough(actual, expected, dtype), mismatch_report(name, actual, expected, dtype)
 
 
-def assert_grads_close(actual, expected, dtype):
-    for name in GRAD_NAMES:
+def assert_grads_close(actual, expected, dtype, names=GRAD_NAMES):
+    for name in names:
         a, e = getattr(actual, name), getattr(expected, name)
         assert (a is None) == (e is None), name
         if e is not None:
             assert_close(name, a, e, dtype)
 
 
-# Every feature at least once, in both dtypes and both coordinate-gradient rules.
+# Every feature at least once, in both dtypes, both boundary rules and both coordinate-gradient
+# rules.
 CONFIGS = [
     DeformConvConfig(),
     DeformConvConfig(batch=2, in_channels=4, out_channels=4, height=6, width=5, groups=2,
@@ -64,10 +69,15 @@ CONFIGS = [
                      coord_grad="mmcv", seed=4),
     DeformConvConfig(height=1, width=1, kernel=(1, 1), padding=(0, 0), offset_kind="normal",
                      dtype="float32", seed=5),
+    DeformConvConfig(offset_kind="far", boundary="border", seed=14),
+    DeformConvConfig(in_channels=4, out_channels=4, groups=2, offset_groups=2, kernel=(2, 2),
+                     offset_kind="integer", boundary="border", coord_grad="mmcv",
+                     dtype="float32", seed=15),
 ]
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"seed{c.seed}-{c.dtype}")
+@pytest.mark.parametrize("config", CONFIGS,
+                         ids=lambda c: f"seed{c.seed}-{c.dtype}-{c.boundary}")
 def test_forward_and_gradients_equal_numpy(nb, config):
     case = make_case(config)
     assert_close("output", nb.deform_conv2d(**case.forward_kwargs()),
@@ -118,13 +128,33 @@ def test_far_and_edge_offsets(nb, dtype):
         assert_grads_close(actual, refdyn.deform_conv2d_backward(case.grad_output, **kwargs), dtype)
 
 
-def test_deterministic_grad_input_is_bitwise_reproducible(nb):
-    """Many samples land on each pixel (long per-pixel lists) and the image has more pixels
-    than one chunk of the prefix sum (64): the deterministic path gives the same bits twice and
-    agrees with the atomic scatter to rounding."""
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_border_rule_at_the_edges_and_far_outside(nb, border_edge_case, dtype):
+    """Samples exactly at 0 and H - 1 (W - 1), beyond every edge and up to the float32 maximum
+    away: the value of the clamped point, the coordinate gradient times the clamp's right
+    derivative (0 from H - 1 on), and every sample's unit weight scattered into the image."""
+    edge = border_edge_case(dtype)
+    assert_close("output", nb.deform_conv2d(**edge.case.forward_kwargs()), edge.expected_output,
+                 dtype)
+    expected = refdyn.deform_conv2d_backward(edge.case.grad_output, **edge.case.backward_kwargs())
+    for deterministic in (False, True):
+        grads = nb.deform_conv2d_backward(edge.case.grad_output, **edge.case.backward_kwargs(),
+                                          deterministic=deterministic)
+        assert_grads_close(grads, expected, dtype)
+        assert_close("grad_offset", grads.grad_offset, edge.expected_grad_offset, dtype)
+        assert grads.grad_input.sum() == pytest.approx(edge.case.grad_output.size, rel=1e-6)
+
+
+@pytest.mark.parametrize("boundary", ["zeros", "border"])
+def test_deterministic_grad_input_is_bitwise_reproducible(nb, boundary):
+    """Many samples land on each pixel (long per-pixel lists; under the border rule the edge
+    pixels collect every sample beyond them) and the image has more pixels than one chunk of the
+    prefix sum (64): the deterministic path gives the same bits twice and agrees with the
+    atomic scatter to rounding."""
     config = DeformConvConfig(batch=2, in_channels=2, out_channels=2, height=9, width=8,
                               kernel=(2, 2), padding=(0, 0), offset_groups=2,
-                              offset_kind="normal", offset_scale=0.3, dtype="float32", seed=9)
+                              offset_kind="normal", offset_scale=0.3, boundary=boundary,
+                              dtype="float32", seed=9)
     case = make_case(config)
     first, second = (nb.deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
                                                 deterministic=True) for _ in range(2))
@@ -137,8 +167,10 @@ def test_deterministic_grad_input_is_bitwise_reproducible(nb):
 
 
 def expected_contribution_lists(case, geo):
-    """{(row, pixel): [ids]} of the scatter terms, id = ((k H_out + i) W_out + j) 4 + corner:
-    every neighbour inside the image of every sampling point strictly inside (-1, H) x (-1, W)."""
+    """{(row, pixel): [ids]} of the scatter terms, id = ((k H_out + i) W_out + j) 4 + corner.
+    Zeros rule: every neighbour inside the image of every sampling point strictly inside
+    (-1, H) x (-1, W).  Border rule: every neighbour of every point clamped into the image, a
+    neighbour beyond the last row or column listed at the edge pixel it reads."""
     offset = case.arrays["offset"]
     dtype = offset.dtype.type
     lists = {}
@@ -148,22 +180,27 @@ def expected_contribution_lists(case, geo):
         channel = 2 * (g * geo.taps + k)
         p_y = dtype(i * s_h - p_h + a * d_h) + offset[n, channel, i, j]
         p_x = dtype(j * s_w - p_w + b * d_w) + offset[n, channel + 1, i, j]
-        if not (-1 < p_y < geo.height and -1 < p_x < geo.width):
+        if geo.boundary == "border":
+            p_y, p_x = min(max(p_y, 0), geo.height - 1), min(max(p_x, 0), geo.width - 1)
+        elif not (-1 < p_y < geo.height and -1 < p_x < geo.width):
             continue
         for corner, (down, right) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
             y, x = int(np.floor(p_y)) + down, int(np.floor(p_x)) + right
+            if geo.boundary == "border":
+                y, x = min(y, geo.height - 1), min(x, geo.width - 1)
             if 0 <= y < geo.height and 0 <= x < geo.width:
                 key = (n * geo.offset_groups + g, y * geo.width + x)
                 lists.setdefault(key, []).append(((k * geo.out_h + i) * geo.out_w + j) * 4 + corner)
     return lists
 
 
-def test_contribution_lists_hold_every_term_in_increasing_order(nb, cuda):
+@pytest.mark.parametrize("boundary", ["zeros", "border"])
+def test_contribution_lists_hold_every_term_in_increasing_order(nb, cuda, boundary):
     """The lists the deterministic grad_input gathers from: exactly the terms of each pixel,
     sorted, so the summation order does not depend on which thread placed which term first."""
     case = make_case(DeformConvConfig(batch=2, height=9, width=8, kernel=(2, 2), padding=(0, 0),
                                       offset_groups=2, offset_kind="integer", offset_scale=1,
-                                      seed=13))
+                                      boundary=boundary, seed=13))
     geo = check_deform_conv2d_args(**case.forward_kwargs())
     starts, entries = nb._contribution_lists(geo, cuda.to_device(case.arrays["input"]),
                                              cuda.to_device(case.arrays["offset"]))
@@ -233,6 +270,7 @@ def _bad_arguments():
         "offset channels": ({**a, "offset": np.ascontiguousarray(a["offset"][:, :17])}, {}),
         "zero stride": (a, {"stride": 0}),
         "coord_grad": (a, {"coord_grad": "caffe"}),
+        "boundary": (a, {"boundary": "reflect"}),
     }
 
 
@@ -252,4 +290,76 @@ def test_bad_arguments_raise_the_numpy_errors(nb, cuda, bad, on_device):
     if "coord_grad" not in overrides:  # the forward runs the same checks
         with pytest.raises(expected.type) as actual:
             nb.deform_conv2d(**arrays, **{**case.params, **overrides})
+        assert str(actual.value) == str(expected.value)
+
+
+# --- Active Convolution assembled from the kernels ---------------------------------------------
+
+# Position groups P = 1, 2 and C_out, groups, both boundary rules, both dtypes.
+ACTIVE_CONFIGS = [
+    ActiveConvConfig(height=4, width=4),
+    ActiveConvConfig(in_channels=4, out_channels=4, height=4, width=5, groups=2,
+                     position_groups=2, boundary="border", dtype="float32", seed=1),
+    ActiveConvConfig(out_channels=3, kernel=(2, 2), padding=(0, 1), position_groups=3,
+                     position_kind="far", boundary="border", coord_grad="mmcv", seed=2),
+    ActiveConvConfig(out_channels=4, height=4, width=4, stride=(2, 1), groups=2,
+                     position_groups=4, position_kind="normal", with_bias=False, dtype="float32",
+                     seed=3),
+]
+
+
+@pytest.mark.parametrize("config", ACTIVE_CONFIGS, ids=lambda c: (
+    f"P{c.position_groups}-groups{c.groups}-{c.boundary}-{c.dtype}"))
+def test_active_conv_equals_numpy(nb, config):
+    case = make_active_case(config)
+    assert_close("output", nb.active_conv2d(**case.forward_kwargs()),
+                 active_conv2d(**case.forward_kwargs()), config.dtype)
+    expected = active_conv2d_backward(case.grad_output, **case.backward_kwargs())
+    for deterministic in (False, True):
+        grads = nb.active_conv2d_backward(case.grad_output, **case.backward_kwargs(),
+                                          deterministic=deterministic)
+        assert_grads_close(grads, expected, config.dtype, ACTIVE_GRAD_NAMES)
+
+
+@pytest.mark.parametrize("batch,on_device", [(2, True), (0, True), (0, False)],
+                         ids=["device", "device-empty-batch", "numpy-empty-batch"])
+def test_active_conv_device_arrays_in_and_out(nb, cuda, batch, on_device):
+    """Device arrays in give device arrays out (NumPy in, NumPy out), also for an empty batch."""
+    config = ActiveConvConfig(batch=batch, out_channels=4, height=4, width=4, position_groups=2,
+                              boundary="border", dtype="float32", seed=4)
+    case = make_active_case(config)
+    arrays = {name: cuda.to_device(value) if on_device and value is not None else value
+              for name, value in case.arrays.items()}
+    grad_output = cuda.to_device(case.grad_output) if on_device else case.grad_output
+    out = nb.active_conv2d(**arrays, **case.params)
+    grads = nb.active_conv2d_backward(grad_output, **arrays, **case.params,
+                                      **case.backward_params, deterministic=True)
+    if on_device:
+        assert is_device_array(cuda, out)
+        assert all(is_device_array(cuda, getattr(grads, name)) for name in ACTIVE_GRAD_NAMES)
+        out = out.copy_to_host()
+        grads = ActiveConvGrads(**{name: getattr(grads, name).copy_to_host()
+                                   for name in ACTIVE_GRAD_NAMES})
+    assert_close("output", out, active_conv2d(**case.forward_kwargs()), config.dtype)
+    assert_grads_close(grads, active_conv2d_backward(case.grad_output, **case.backward_kwargs()),
+                       config.dtype, ACTIVE_GRAD_NAMES)
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "device"])
+@pytest.mark.parametrize("bad", ["NaN positions", "float32 positions", "positions shape"])
+def test_active_conv_bad_arguments_raise_the_numpy_errors(nb, cuda, bad, on_device):
+    case = make_active_case(ActiveConvConfig(out_channels=2))
+    positions = {"NaN positions": np.full((9, 2), np.nan),
+                 "float32 positions": np.zeros((9, 2), np.float32),
+                 "positions shape": np.zeros((3, 9, 2))}[bad]
+    arrays = {**case.arrays, "positions": positions}
+    with pytest.raises((TypeError, ValueError)) as expected:
+        active_conv2d_backward(case.grad_output, **arrays, **case.params)
+    if on_device:
+        arrays = {name: None if value is None else cuda.to_device(value)
+                  for name, value in arrays.items()}
+    for call in (lambda: nb.active_conv2d(**arrays, **case.params),
+                 lambda: nb.active_conv2d_backward(case.grad_output, **arrays, **case.params)):
+        with pytest.raises(expected.type) as actual:
+            call()
         assert str(actual.value) == str(expected.value)
