@@ -69,3 +69,28 @@ def border_edge_case():
         return BorderEdgeCase(case, points, expected_output.astype(dtype),
                               expected_grad_offset.astype(dtype))
     return make
+
+
+@pytest.fixture
+def load_backend():
+    """``load(op, backend) -> (forward, backward)`` of a registered backend, or a skip that
+    names why this machine cannot run it (no GPU, package missing)."""
+    def load(op, backend):
+        implementation = op.implementation(backend)
+        problem = implementation.problem()
+        if problem:
+            pytest.skip(f"{backend} backend not available: {problem}")
+        return implementation.load()
+    return load
+
+
+@pytest.fixture
+def assert_rejected():
+    """``check(forward, backward, arguments, error, message)``: both calls raise ``error`` with a
+    message matching ``message``; ``arguments`` holds grad_output for the backward."""
+    def check(forward, backward, arguments, error, message):
+        with pytest.raises(error, match=message):
+            forward(**{name: value for name, value in arguments.items() if name != "grad_output"})
+        with pytest.raises(error, match=message):
+            backward(**arguments)
+    return check

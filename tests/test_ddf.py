@@ -23,15 +23,6 @@ from refdyn.testing.strategies import ddf_configs
 BACKENDS = list(DDF.implementations)
 
 
-def load_backend(name):
-    """(forward, backward) of a registered backend, or a skip naming why it cannot run here."""
-    implementation = DDF.implementation(name)
-    problem = implementation.problem()
-    if problem:
-        pytest.skip(f"{name} backend not available: {problem}")
-    return implementation.load()
-
-
 # --- independent computations: refdyn.testing.independent's plain convolution -----------------
 
 def depthwise_conv(features, channel_filter, dilation, stride):
@@ -196,8 +187,8 @@ def test_output_size_drops_the_last_row_when_stride_does_not_divide():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", BACKENDS)
-def test_outputs_keep_the_input_dtype(name, dtype):
-    forward, backward = load_backend(name)
+def test_outputs_keep_the_input_dtype(name, dtype, load_backend):
+    forward, backward = load_backend(DDF, name)
     case = make_case(DDFConfig(channels=4, head=2, stride=2, dtype=np.dtype(dtype).name))
     assert forward(**case.forward_kwargs()).dtype == dtype
     grads = backward(case.grad_output, **case.forward_kwargs())
@@ -206,8 +197,8 @@ def test_outputs_keep_the_input_dtype(name, dtype):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_empty_batch_gives_empty_results(name):
-    forward, backward = load_backend(name)
+def test_empty_batch_gives_empty_results(name, load_backend):
+    forward, backward = load_backend(DDF, name)
     case = make_case(DDFConfig(batch=0, channels=4, head=2, height=6, width=5, stride=2))
     assert forward(**case.forward_kwargs()).shape == (0, 4, 3, 2)
     grads = backward(case.grad_output, **case.forward_kwargs())
@@ -562,19 +553,14 @@ BAD_ARGUMENTS = {
 
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("problem", BAD_ARGUMENTS)
-def test_bad_arguments_raise_a_clear_error(name, problem):
+def test_bad_arguments_raise_a_clear_error(name, problem, load_backend, assert_rejected):
     error, message, make = BAD_ARGUMENTS[problem]
-    forward, backward = load_backend(name)
-    arrays = make(valid_arrays())
-    with pytest.raises(error, match=message):
-        forward(**{k: v for k, v in arrays.items() if k != "grad_output"})
-    with pytest.raises(error, match=message):
-        backward(**arrays)
+    assert_rejected(*load_backend(DDF, name), make(valid_arrays()), error, message)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_bad_backward_arguments_raise_a_clear_error(name):
-    _, backward = load_backend(name)
+def test_bad_backward_arguments_raise_a_clear_error(name, load_backend):
+    _, backward = load_backend(DDF, name)
     arrays = valid_arrays()
     with pytest.raises(ValueError, match=r"grad_output must have shape .*\(2, 4, 3, 2\)"):
         backward(**{**arrays, "grad_output": arrays["grad_output"][:, :, :2]})

@@ -17,15 +17,6 @@ from refdyn.testing.strategies import deform_conv2d_configs
 BACKENDS = list(DEFORM_CONV2D.implementations)
 
 
-def load_backend(name):
-    """(forward, backward) of a registered backend, or a skip naming why it cannot run here."""
-    implementation = DEFORM_CONV2D.implementation(name)
-    problem = implementation.problem()
-    if problem:
-        pytest.skip(f"{name} backend not available: {problem}")
-    return implementation.load()
-
-
 def grads_allclose(a, b, **tolerance):
     for name in ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask"):
         x, y = getattr(a, name), getattr(b, name)
@@ -152,8 +143,8 @@ def test_extra_memory_stays_within_the_documented_bound(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", BACKENDS)
-def test_outputs_keep_the_input_dtype(name, dtype):
-    forward, backward = load_backend(name)
+def test_outputs_keep_the_input_dtype(name, dtype, load_backend):
+    forward, backward = load_backend(DEFORM_CONV2D, name)
     case = make_case(DeformConvConfig(dtype=np.dtype(dtype).name))
     assert forward(**case.forward_kwargs()).dtype == dtype
     grads = backward(case.grad_output, **case.backward_kwargs())
@@ -162,8 +153,8 @@ def test_outputs_keep_the_input_dtype(name, dtype):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_empty_batch_gives_empty_results(name):
-    forward, backward = load_backend(name)
+def test_empty_batch_gives_empty_results(name, load_backend):
+    forward, backward = load_backend(DEFORM_CONV2D, name)
     case = make_case(DeformConvConfig(batch=0, out_channels=3, height=6, width=4))
     out = forward(**case.forward_kwargs())
     assert out.shape == (0, 3, 6, 4)
@@ -195,10 +186,10 @@ IMAGE = np.arange(1.0, 13.0).reshape(3, 4) ** 1.5   # distinct values, no two di
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name):
+def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name, load_backend):
     """Zero offsets, padding 1: output (0, j) tap (0, 1) samples row -1 exactly (pytorch/vision
     6885).  torchvision returns the right derivative (row 0 weighted); mmcv returns 0."""
-    _, backward = load_backend(name)
+    _, backward = load_backend(DEFORM_CONV2D, name)
     input, offset, weight = single_tap_case((0, 1), IMAGE)
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 0, 2] = 1.0                  # samples p = (-1, 2)
@@ -215,9 +206,9 @@ def test_samples_exactly_at_minus_one_follow_each_coord_grad_rule(name):
 
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("coord_grad", ["torchvision", "mmcv"])
-def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(name, coord_grad):
+def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(name, coord_grad, load_backend):
     """p = (H-1, W-1): the right neighbours are outside and read 0, so d/dy = -x[H-1, W-1]."""
-    _, backward = load_backend(name)
+    _, backward = load_backend(DEFORM_CONV2D, name)
     input, offset, weight = single_tap_case((1, 1), IMAGE)   # centre tap: p = output position
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 2, 3] = 1.0
@@ -229,8 +220,8 @@ def test_samples_exactly_at_the_last_row_and_column_use_the_right_derivative(nam
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_integer_interior_samples_use_the_forward_difference(name):
-    _, backward = load_backend(name)
+def test_integer_interior_samples_use_the_forward_difference(name, load_backend):
+    _, backward = load_backend(DEFORM_CONV2D, name)
     input, offset, weight = single_tap_case((1, 1), IMAGE, offset_value=(1.0, 1.0))
     grad_output = np.zeros((1, 1, 3, 4))
     grad_output[0, 0, 0, 1] = 1.0                   # samples p = (1, 2)
@@ -309,19 +300,14 @@ BAD_FORWARD_ARGUMENTS = {
 
 @pytest.mark.parametrize("name", BACKENDS)
 @pytest.mark.parametrize("problem", BAD_FORWARD_ARGUMENTS)
-def test_bad_arguments_raise_a_clear_error(name, problem):
+def test_bad_arguments_raise_a_clear_error(name, problem, load_backend, assert_rejected):
     error, message, make = BAD_FORWARD_ARGUMENTS[problem]
-    forward, backward = load_backend(name)
-    arrays = make(valid_arrays())
-    with pytest.raises(error, match=message):
-        forward(**{k: v for k, v in arrays.items() if k != "grad_output"})
-    with pytest.raises(error, match=message):
-        backward(**arrays)
+    assert_rejected(*load_backend(DEFORM_CONV2D, name), make(valid_arrays()), error, message)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_bad_backward_arguments_raise_a_clear_error(name):
-    _, backward = load_backend(name)
+def test_bad_backward_arguments_raise_a_clear_error(name, load_backend):
+    _, backward = load_backend(DEFORM_CONV2D, name)
     arrays = valid_arrays()
     with pytest.raises(ValueError, match=r"grad_output must have shape .*\(2, 4, 5, 5\)"):
         backward(**{**arrays, "grad_output": arrays["grad_output"][:, :3]})

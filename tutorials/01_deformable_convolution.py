@@ -36,8 +36,6 @@
 # with an `AssertionError` if the library disagrees with the hand computation.
 
 # %%
-import os
-from pathlib import Path
 
 import matplotlib
 
@@ -46,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import refdyn
+from refdyn.plot import figure_directory
 from refdyn.bilinear import G, dg_db, g, neighbours, sample_point, sample_point_grad
 from refdyn.deform_conv import deform_conv2d_literal
 from refdyn.gradcheck import gradcheck, kink_free_values
@@ -285,12 +284,7 @@ assert np.array_equal(rules["torchvision"].grad_offset[0, 2 * KW:, I0, J0],
 # neighbours `q` that bilinear sampling reads are marked with squares. Set `REFDYN_FIGURES` to choose the output folder (default `docs/figures/`).
 
 # %%
-try:
-    repo_root = Path(__file__).resolve().parent.parent
-except NameError:             # inside Jupyter, where the notebook's folder is the working directory
-    repo_root = Path.cwd().parent
-figure_dir = Path(os.environ.get("REFDYN_FIGURES", repo_root / "docs" / "figures"))
-figure_dir.mkdir(parents=True, exist_ok=True)
+figure_dir = figure_directory(globals().get("__file__"))
 
 fig, ax = plt.subplots(figsize=(6, 6.6))
 padded = np.pad(x, PAD)       # the zero ring that the zeros rule reads outside the image

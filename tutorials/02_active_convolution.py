@@ -38,9 +38,7 @@
 # `AssertionError` if the library stops behaving as described.
 
 # %%
-import os
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -49,6 +47,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import refdyn
+from refdyn.plot import figure_directory
 from refdyn.active_conv import (active_conv2d_backward_literal, active_conv2d_literal, centre_tap,
                                 normalized_position_gradient, position_update, ring_positions)
 from refdyn.bilinear import sample_point, sample_point_grad
@@ -448,12 +447,7 @@ runs[f"normalized 0.05, zero start, warm-up {WARMUP}"] = (warmup_losses, warmup_
 # right derivative along it. Set `REFDYN_FIGURES` to choose the folder (default `docs/figures/`).
 
 # %%
-try:
-    repo_root = Path(__file__).resolve().parent.parent
-except NameError:             # inside Jupyter, where the notebook's folder is the working directory
-    repo_root = Path.cwd().parent
-figure_dir = Path(os.environ.get("REFDYN_FIGURES", repo_root / "docs" / "figures"))
-figure_dir.mkdir(parents=True, exist_ok=True)
+figure_dir = figure_directory(globals().get("__file__"))
 
 
 def save(fig, name):

@@ -36,8 +36,6 @@
 # `AssertionError` if the library disagrees with the hand computation.
 
 # %%
-import os
-from pathlib import Path
 
 import matplotlib
 
@@ -46,6 +44,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import refdyn
+from refdyn.plot import figure_directory
 from refdyn.decoupled_dynamic_filter import ddf_literal
 from refdyn.ddf_block import ddf_up, ddf_up_backward, init_branch_params, pixel_unshuffle, \
     spatial_branch
@@ -168,12 +167,7 @@ assert np.allclose(per_pixel.std(axis=0, ddof=1), gain / K, rtol=1e-9)
 assert np.allclose(refdyn.filter_norm(raw, 1, gain / K), normalized, rtol=1e-12, atol=1e-12)
 
 # %%
-try:
-    repo_root = Path(__file__).resolve().parent.parent
-except NameError:             # inside Jupyter, where the notebook's folder is the working directory
-    repo_root = Path.cwd().parent
-figure_dir = Path(os.environ.get("REFDYN_FIGURES", repo_root / "docs" / "figures"))
-figure_dir.mkdir(parents=True, exist_ok=True)
+figure_dir = figure_directory(globals().get("__file__"))
 
 fig, (before, after) = plt.subplots(1, 2, figsize=(9, 3.4))
 before.hist(raw.ravel(), bins=60, color="tab:gray")
