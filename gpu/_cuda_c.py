@@ -1,4 +1,5 @@
-"""The launch sequence of the CUDA C kernels in ``deform_conv.cu``, shared by two backends.
+"""The launch sequence of the CUDA C kernels in ``deform_conv.cu``, shared by two backends
+(``ddf.cu`` has its own in :mod:`refdyn.gpu._cuda_c_ddf`; the file table is here).
 
 :mod:`refdyn.gpu.cupy` runs the kernels on a GPU with CuPy arrays; :mod:`refdyn.gpu.host` runs
 the same source on the CPU with NumPy arrays.  Both call :func:`forward` and :func:`backward`
@@ -30,6 +31,20 @@ BOUNDARY_RULES = {"zeros": 0, "border": 1}
 COORD_GRAD_RULES = {"torchvision": 0, "mmcv": 1}
 
 KERNEL_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+#: The CUDA C files of this folder, by the prefix of the names of the kernels they export
+#: (``<prefix>_...``).  Each file is a translation unit of its own (with its own ``struct``
+#: of sizes), so each is compiled into its own CuPy module or host library; the launchers pick
+#: the file from the kernel's name with :func:`source_of`.
+KERNEL_SOURCES = {"deform_conv": "deform_conv.cu", "ddf": "ddf.cu"}
+
+
+def source_of(kernel: str) -> str:
+    """The file of :data:`KERNEL_SOURCES` that exports ``kernel``."""
+    for prefix, source in KERNEL_SOURCES.items():
+        if kernel.startswith(prefix + "_"):
+            return source
+    raise KeyError(f"no CUDA C file exports a kernel named {kernel!r}")
 
 
 def geometry_array(xp, geo: DeformConvGeometry, batch: int):

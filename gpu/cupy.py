@@ -1,10 +1,13 @@
-"""The CUDA C kernels of ``deform_conv.cu`` on a GPU via CuPy (importable as ``refdyn.gpu.cupy``).
+"""The CUDA C kernels of ``deform_conv.cu`` and ``ddf.cu`` on a GPU via CuPy (importable as
+``refdyn.gpu.cupy``).
 
-The source is compiled once by NVRTC (``cupy.RawModule``) and kept.  Same functions and
-arguments as :mod:`refdyn.deform_conv`, and Active Convolution (:mod:`refdyn.active_conv`)
-assembled from them; NumPy arrays are copied to the device and the results come back as NumPy
-arrays, while CuPy arrays stay on the device (the result is a CuPy array when ``input`` is
-one).  :func:`refdyn.gpu.backend_problem` says whether this can run here.
+Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
+functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
+(:mod:`refdyn.active_conv`) assembled from them, and :mod:`refdyn.decoupled_dynamic_filter`
+(``ddf``, ``ddf_backward``); NumPy arrays are copied to the device and the results come back
+as NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array when
+``input``, or ``features`` for ddf, is one).  :func:`refdyn.gpu.backend_problem` says whether
+this can run here.
 """
 
 from __future__ import annotations
@@ -16,23 +19,25 @@ import cupy
 import numpy as np
 
 from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
+from refdyn.ddf_args import DDFGrads, check_ddf_args, check_ddf_backward_args
 from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
-from . import _cuda_c
+from . import _cuda_c, _cuda_c_ddf
 
 #: Launch configuration: threads per block, and a cap on the blocks (the kernels' grid-stride
 #: loops cover any remaining elements).
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 65535
 
-SOURCE = Path(__file__).resolve().parent / "deform_conv.cu"
+SOURCE_DIR = Path(__file__).resolve().parent
 
 
 @lru_cache(maxsize=None)
-def _module() -> cupy.RawModule:
-    return cupy.RawModule(code=SOURCE.read_text(), options=("--std=c++17",))
+def _module(source_name: str) -> cupy.RawModule:
+    """The compiled module of the CUDA C file ``source_name`` of this folder."""
+    return cupy.RawModule(code=(SOURCE_DIR / source_name).read_text(), options=("--std=c++17",))
 
 
 def launch(name: str, total_threads: int, args) -> None:
@@ -40,7 +45,8 @@ def launch(name: str, total_threads: int, args) -> None:
     MAX_BLOCKS blocks); ints are passed as long long, None as a null pointer."""
     blocks = max(1, min(-(-total_threads // THREADS_PER_BLOCK), MAX_BLOCKS))
     arguments = tuple(np.int64(value) if isinstance(value, int) else value for value in args)
-    _module().get_function(name)((blocks,), (THREADS_PER_BLOCK,), arguments)
+    _module(_cuda_c.source_of(name)).get_function(name)((blocks,), (THREADS_PER_BLOCK,),
+                                                        arguments)
 
 
 def _all_finite(array) -> bool:
@@ -60,7 +66,8 @@ def _like_input(array, input):
 
 
 def _grads_like_input(grads, input):
-    """Each gradient of a DeformConvGrads or ActiveConvGrads passed through :func:`_like_input`."""
+    """Each gradient of a DeformConvGrads, ActiveConvGrads or DDFGrads passed through
+    :func:`_like_input`."""
     return type(grads)(**{name: _like_input(value, input) for name, value in vars(grads).items()})
 
 
@@ -128,3 +135,33 @@ def active_conv2d_backward(grad_output, input, positions, weight, bias=None, str
         *map(_on_device, (grad_output, input, positions, weight, bias)), stride, padding,
         boundary, all_finite=_all_finite, coord_grad=coord_grad, deterministic=deterministic)
     return _grads_like_input(grads, input)
+
+
+def ddf(features, channel_filter, spatial_filter, kernel_size, dilation=1, stride=1,
+        kernel_combine="mul"):
+    """The DDF operation (paper 003) on the GPU, the kernel of ddf.cu.
+
+    Same arguments, checks and result as :func:`refdyn.decoupled_dynamic_filter.ddf`; NumPy or
+    CuPy arrays (the result is a CuPy array when ``features`` is one).
+    """
+    geo = check_ddf_args(features, channel_filter, spatial_filter, kernel_size, dilation, stride,
+                         kernel_combine, all_finite=_all_finite)
+    output = _cuda_c_ddf.forward(cupy, launch, geo,
+                                 *_to_device(features, channel_filter, spatial_filter))
+    return _like_input(output, features)
+
+
+def ddf_backward(grad_output, features, channel_filter, spatial_filter, kernel_size, dilation=1,
+                 stride=1, kernel_combine="mul") -> DDFGrads:
+    """Every gradient of :func:`ddf` (ddf.cu, Eq. B1-B3) on the GPU; gathers only, so bitwise
+    reproducible.
+
+    Same arguments, checks and result as :func:`refdyn.decoupled_dynamic_filter.ddf_backward`;
+    CuPy gradients when ``features`` is a CuPy array.
+    """
+    geo = check_ddf_args(features, channel_filter, spatial_filter, kernel_size, dilation, stride,
+                         kernel_combine, all_finite=_all_finite)
+    check_ddf_backward_args(grad_output, geo)
+    grads = _cuda_c_ddf.backward(cupy, launch, geo, *_to_device(
+        grad_output, features, channel_filter, spatial_filter))
+    return _grads_like_input(grads, features)

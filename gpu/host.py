@@ -1,14 +1,17 @@
-"""The CUDA C kernels of ``deform_conv.cu`` run on the CPU (importable as ``refdyn.gpu.host``).
+"""The CUDA C kernels of ``deform_conv.cu`` and ``ddf.cu`` run on the CPU (importable as
+``refdyn.gpu.host``).
 
-The very same source the GPU backend compiles is built by the host C++ compiler
-(``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, into a shared
-library cached per user and rebuilt whenever the sources or the compiler change.  Each kernel
-launch is played by a Python loop over a small grid of :data:`GRID_BLOCKS` blocks of
-:data:`BLOCK_THREADS` threads: before each call the harness sets ``blockIdx``/``threadIdx``,
-so every kernel's grid-stride loop and index arithmetic run exactly as written for the GPU.
+The very same sources the GPU backend compiles are built by the host C++ compiler
+(``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, each file into a
+shared library of its own (:data:`refdyn.gpu._cuda_c.KERNEL_SOURCES`), cached per user and
+rebuilt whenever that file, the header or the compiler change.  Each kernel launch is played
+by a Python loop over a small grid of :data:`GRID_BLOCKS` blocks of :data:`BLOCK_THREADS`
+threads: before each call the harness sets ``blockIdx``/``threadIdx``, so every kernel's
+grid-stride loop and index arithmetic run exactly as written for the GPU.
 
-Same functions and arguments as :mod:`refdyn.deform_conv`, and Active Convolution
-(:mod:`refdyn.active_conv`) assembled from them; NumPy arrays in and out.
+Same functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
+(:mod:`refdyn.active_conv`) assembled from them, and :mod:`refdyn.decoupled_dynamic_filter`
+(``ddf``, ``ddf_backward``); NumPy arrays in and out.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
+from refdyn.ddf_args import DDFGrads, check_ddf_args, check_ddf_backward_args
 from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
-from . import _cuda_c, host_compiler
+from . import _cuda_c, _cuda_c_ddf, host_compiler
 
 #: The grid each kernel is launched on: a few blocks of a few threads, so that every thread
 #: strides over several elements (any values are correct; tests vary them).
@@ -38,7 +42,7 @@ GRID_BLOCKS = 2
 BLOCK_THREADS = 3
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = (SOURCE_DIR / "cuda_host_compat.h", SOURCE_DIR / "deform_conv.cu")
+COMPAT_HEADER = SOURCE_DIR / "cuda_host_compat.h"
 COMPILE_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
 
 
@@ -70,33 +74,34 @@ def _private_temp_dir() -> Path:
     return directory
 
 
-def _build_key(compiler: str) -> str:
-    """Hash of the sources, the compiler (path and version) and the flags."""
+def _build_key(compiler: str, source: Path) -> str:
+    """Hash of the source, the compatibility header, the compiler (path and version) and the
+    flags."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True)
     digest = hashlib.sha256()
     for part in (compiler, version.stdout, " ".join(COMPILE_FLAGS)):
         digest.update(part.encode() + b"\0")
-    for source in SOURCES:
-        digest.update(source.read_bytes() + b"\0")
+    for file in (COMPAT_HEADER, source):
+        digest.update(file.read_bytes() + b"\0")
     return digest.hexdigest()[:20]
 
 
-def build_library() -> Path:
-    """Compile deform_conv.cu for the CPU unless the cache already holds this build; returns
-    the library's path.  The library is written under a temporary name and renamed into
-    place, so concurrent builds (parallel test processes) never see a partial file."""
+def build_library(source: Path) -> Path:
+    """Compile the CUDA C file ``source`` for the CPU unless the cache already holds this
+    build; returns the library's path.  The library is written under a temporary name and
+    renamed into place, so concurrent builds (parallel test processes) never see a partial
+    file."""
     compiler = host_compiler()
     if compiler is None:
         raise RuntimeError("no host C++ compiler (set CXX or install g++)")
     directory = cache_dir()
-    library = directory / f"deform_conv-{_build_key(compiler)}.so"
+    library = directory / f"{source.stem}-{_build_key(compiler, source)}.so"
     if library.exists():
         return library
     handle, partial = tempfile.mkstemp(dir=directory, prefix=library.stem + ".", suffix=".tmp")
     os.close(handle)
-    header, source = SOURCES
-    command = [compiler, *COMPILE_FLAGS, "-x", "c++", "-include", str(header), str(source),
-               "-o", partial]
+    command = [compiler, *COMPILE_FLAGS, "-x", "c++", "-include", str(COMPAT_HEADER),
+               str(source), "-o", partial]
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -110,8 +115,9 @@ def build_library() -> Path:
 
 
 @lru_cache(maxsize=None)
-def _library() -> ctypes.CDLL:
-    library = ctypes.CDLL(str(build_library()))
+def _library(source_name: str) -> ctypes.CDLL:
+    """The loaded library of the CUDA C file ``source_name`` of this folder."""
+    library = ctypes.CDLL(str(build_library(SOURCE_DIR / source_name)))
     library.refdyn_host_set_thread.argtypes = [ctypes.c_uint] * 4
     library.refdyn_host_set_thread.restype = None
     return library
@@ -132,7 +138,7 @@ def _argument(value):
 def launch(name: str, total_threads: int, args) -> None:
     """Run kernel ``name`` as every thread of a GRID_BLOCKS x BLOCK_THREADS grid, one after the
     other (``total_threads`` does not matter: the grid-stride loops cover every element)."""
-    library = _library()
+    library = _library(_cuda_c.source_of(name))
     kernel = getattr(library, name)
     kernel.restype = None
     arguments = [_argument(value) for value in args]
@@ -200,3 +206,28 @@ def active_conv2d_backward(grad_output, input, positions, weight, bias=None, str
     return active_conv2d_backward_via(deform_conv2d_backward, np, grad_output, input, positions,
                                       weight, bias, stride, padding, boundary,
                                       coord_grad=coord_grad, deterministic=deterministic)
+
+
+def ddf(features, channel_filter, spatial_filter, kernel_size, dilation=1, stride=1,
+        kernel_combine="mul"):
+    """The DDF operation (paper 003), the CUDA C kernel of ddf.cu run on the CPU.
+
+    Same arguments, checks and result as :func:`refdyn.decoupled_dynamic_filter.ddf`.
+    """
+    geo = check_ddf_args(features, channel_filter, spatial_filter, kernel_size, dilation, stride,
+                         kernel_combine)
+    return _cuda_c_ddf.forward(np, launch, geo,
+                               *map(_contiguous, (features, channel_filter, spatial_filter)))
+
+
+def ddf_backward(grad_output, features, channel_filter, spatial_filter, kernel_size, dilation=1,
+                 stride=1, kernel_combine="mul") -> DDFGrads:
+    """Every gradient of :func:`ddf` (ddf.cu, Eq. B1-B3), the CUDA C kernels run on the CPU.
+
+    Same arguments, checks and result as :func:`refdyn.decoupled_dynamic_filter.ddf_backward`.
+    """
+    geo = check_ddf_args(features, channel_filter, spatial_filter, kernel_size, dilation, stride,
+                         kernel_combine)
+    check_ddf_backward_args(grad_output, geo)
+    return _cuda_c_ddf.backward(np, launch, geo, *map(
+        _contiguous, (grad_output, features, channel_filter, spatial_filter)))

@@ -1,4 +1,7 @@
-"""Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask).
+"""Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask), and
+the DDF operation (:func:`ddf`, :func:`ddf_backward`, whose kernels live in
+:mod:`refdyn.gpu._numba_ddf`; the import guard and host helpers both use are in
+:mod:`refdyn.gpu._numba_support`).
 
 The same functions, arguments, errors and results as :mod:`refdyn.deform_conv`, computed by
 ``@cuda.jit`` kernels.  Without a GPU they run under Numba's CUDA simulator
@@ -42,42 +45,20 @@ from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, acti
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
-from . import backend_problem
+from ._numba_ddf import ddf, ddf_backward
+from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
+    _split, cuda
 
-_PROBLEM = backend_problem("numba")
-if _PROBLEM is not None:
-    raise ImportError(f"refdyn.gpu.numba cannot run here: {_PROBLEM}")
+__all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
+           "ddf", "ddf_backward"]
 
-import numba  # noqa: E402  (only once Numba CUDA is known to be usable)
-from numba import cuda  # noqa: E402
-
-if not cuda.is_available():
-    raise ImportError("refdyn.gpu.numba cannot run here: Numba finds no usable CUDA device "
-                      "(was numba imported before NUMBA_ENABLE_CUDASIM was set?)")
-
-__all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward"]
-
-# Launch shape of every grid-stride kernel.  The simulator runs each thread as a Python thread,
-# so it gets a few hundred threads per launch; a GPU gets enough to fill it.
-if numba.config.ENABLE_CUDASIM:
-    _THREADS, _MAX_BLOCKS = 64, 4
-else:
-    _THREADS, _MAX_BLOCKS = 256, 4096
 #: Pixel counts summed by one thread of the prefix sums of the deterministic grad_input.
 _SCAN_CHUNK = 64
-
-_is_device_array = getattr(cuda, "is_cuda_array", None) or cuda.devicearray.is_cuda_ndarray
 
 
 # ---------------------------------------------------------------------------------------------
 # Device functions shared by every kernel
 # ---------------------------------------------------------------------------------------------
-
-@cuda.jit(device=True)
-def _split(index, size):
-    """(index // size, index % size): peels the last axis off a flat index."""
-    return index // size, index % size
-
 
 @cuda.jit(device=True)
 def _sampling_point(offset, n, gk, i, j, a, b, layer):
@@ -499,46 +480,9 @@ def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entri
         grad_input[n, c, y, x] = acc
 
 
-@cuda.jit
-def _find_nonfinite_kernel(total, array, found):
-    """found[0] = 1 if the 4-D ``array`` holds NaN or infinity (every writer stores the same 1)."""
-    d1, d2, d3 = array.shape[1], array.shape[2], array.shape[3]
-    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, i3 = _split(index, d3)
-        rest, i2 = _split(rest, d2)
-        i0, i1 = _split(rest, d1)
-        if not math.isfinite(array[i0, i1, i2, i3]):
-            found[0] = 1
-
-
 # ---------------------------------------------------------------------------------------------
 # Host side
 # ---------------------------------------------------------------------------------------------
-
-def _launch(kernel, total, *args):
-    """Run a grid-stride kernel over ``total`` elements (its first argument)."""
-    blocks = max(1, min(_MAX_BLOCKS, -(-total // _THREADS)))
-    kernel[blocks, _THREADS](total, *args)
-
-
-def _all_finite(array) -> bool:
-    """Finiteness test for the argument checks: a kernel for device arrays, NumPy otherwise."""
-    if not _is_device_array(array):
-        return bool(np.isfinite(array).all())
-    total = math.prod(array.shape)
-    if total == 0:
-        return True
-    found = cuda.to_device(np.zeros(1, dtype=np.int32))
-    _launch(_find_nonfinite_kernel, total, array, found)
-    return not found.copy_to_host()[0]
-
-
-def _on_device(array):
-    """A device array for a kernel argument (None stays None)."""
-    if array is None or _is_device_array(array):
-        return array
-    return cuda.to_device(np.ascontiguousarray(array))
-
 
 def _zeros(shape, dtype):
     """A device array of zeros (filled by a kernel: nothing is copied from the host)."""
@@ -669,16 +613,6 @@ def _input_grad_deterministic(geo, input, offset, mask, columns):
     _launch(_input_grad_gather_kernel, math.prod(input.shape), input, offset, mask, columns,
             starts, entries, grad_input, geo.kernel_w, _layer(geo), _border(geo))
     return grad_input
-
-
-def _deliver(device: bool, grads):
-    """The gradients (a DeformConvGrads or ActiveConvGrads) as device arrays (``device``) or as
-    NumPy arrays, wherever each is now."""
-    def move(array):
-        if array is None or _is_device_array(array) == device:
-            return array
-        return cuda.to_device(array) if device else array.copy_to_host()
-    return type(grads)(**{name: move(value) for name, value in vars(grads).items()})
 
 
 # ---------------------------------------------------------------------------------------------

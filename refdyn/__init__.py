@@ -10,10 +10,26 @@ from .active_conv import active_conv2d, active_conv2d_backward
 from .deform_conv import deform_conv2d, deform_conv2d_backward
 from .deform_conv_args import DeformConvGrads
 from .decoupled_dynamic_filter import ddf, ddf_backward
+from .dynamic_filter_networks import dfn, dfn_backward
 from .filter_normalization import filter_norm, filter_norm_backward
 from .gradcheck import gradcheck
+from .large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_kernels, \
+    lsdfn_sample, lsdfn_sample_backward
+from .lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads
+from .mimic_loss import mimic_loss, mimic_loss_backward
+from .roi_align import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
+    roi_align, roi_align_backward
+from .roi_pool import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
+    deform_roi_pool_backward, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
+from .roi_pool_args import RoIPoolGrads
 
 __all__ = ["active_conv2d", "active_conv2d_backward", "deform_conv2d", "deform_conv2d_backward",
            "DeformConvGrads", "ddf", "ddf_backward", "filter_norm", "filter_norm_backward",
-           "gradcheck"]
+           "gradcheck", "mimic_loss", "mimic_loss_backward", "deform_roi_align",
+           "deform_roi_align_backward", "modulated_deform_roi_pool", "roi_align",
+           "roi_align_backward", "deform_ps_roi_pool", "deform_ps_roi_pool_backward",
+           "deform_roi_pool", "deform_roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward",
+           "roi_pool", "roi_pool_backward", "RoIPoolGrads", "dfn", "dfn_backward",
+           "DFNGrads", "lsdfn", "lsdfn_backward", "lsdfn_kernels", "lsdfn_sample",
+           "lsdfn_sample_backward", "LSDFNGrads", "LSDFNSampleGrads"]
 __version__ = "0.1.0"

@@ -19,6 +19,10 @@ Boundary rules (REFERENCE.md section 1):
   p_x >= W, and each neighbour outside the image reads 0 (DCN, torchvision, mmcv, ONNX).
 - ``"border"``: the point is clamped to [0, H-1] x [0, W-1] first (edge replicated; the MXNet
   Active Convolution port).  The clamp has zero derivative outside the image.
+- ``"roi_align"``: 0 when p_y < -1, p_y > H, p_x < -1 or p_x > W; otherwise the ``border``
+  rule (torchvision roi_align / ps_roi_align, mmcv DeformRoIPool).  Only the sampling functions
+  (:func:`sample_point`, :func:`sample_point_grad`, :func:`scatter_point`, :func:`make_stencil`)
+  take it; the convolution operators accept :data:`BOUNDARY_RULES`.
 
 Offset-gradient rules at the edge of the ``zeros`` rule (pytorch/vision issue 6885):
 - ``"torchvision"``: the formula above with no early exit.  At p_y = -1 exactly it returns the
@@ -43,13 +47,14 @@ import numpy as np
 from ._checks import check_finite, check_float_array, check_shape, numpy_all_finite
 
 BOUNDARY_RULES = ("zeros", "border")
+SAMPLING_RULES = BOUNDARY_RULES + ("roi_align",)
 COORD_GRAD_RULES = ("torchvision", "mmcv")
 
 
-def check_boundary(boundary: str) -> None:
-    """Reject an unknown boundary rule."""
-    if boundary not in BOUNDARY_RULES:
-        raise ValueError(f"boundary must be one of {BOUNDARY_RULES}, got {boundary!r}")
+def check_boundary(boundary: str, rules: tuple[str, ...] = BOUNDARY_RULES) -> None:
+    """Reject a boundary rule not in ``rules``."""
+    if boundary not in rules:
+        raise ValueError(f"boundary must be one of {rules}, got {boundary!r}")
 
 
 def check_coord_grad(coord_grad: str) -> None:
@@ -85,6 +90,11 @@ def G(q: tuple[float, float], p: tuple[float, float]) -> float:
     return g(q[0], p[0]) * g(q[1], p[1])
 
 
+def _outside_roi_align(y: float, x: float, height: int, width: int) -> bool:
+    """Whether the ``roi_align`` rule reads 0 at (y, x): beyond one pixel outside the image."""
+    return y < -1 or y > height or x < -1 or x > width
+
+
 def _clamp_point(y: float, x: float, height: int, width: int) -> tuple[float, float]:
     """The ``border`` rule's clamp of a point into [0, H-1] x [0, W-1]."""
     return min(max(y, 0.0), height - 1.0), min(max(x, 0.0), width - 1.0)
@@ -111,8 +121,12 @@ def sample_point(image: np.ndarray, y: float, x: float, boundary: str = "zeros")
 
     image: (H, W).  The sum runs over the four neighbours of p; every other q has G(q, p) = 0.
     """
-    check_boundary(boundary)
+    check_boundary(boundary, SAMPLING_RULES)
     height, width = image.shape
+    if boundary == "roi_align":
+        if _outside_roi_align(y, x, height, width):
+            return 0.0
+        boundary = "border"
     if boundary == "border":
         y, x = _clamp_point(y, x, height, width)
     elif y <= -1 or y >= height or x <= -1 or x >= width:
@@ -127,10 +141,14 @@ def sample_point_grad(image: np.ndarray, y: float, x: float, boundary: str = "ze
     d x(p)/d p_y = sum_q dg(q_y, p_y)/dp_y * g(q_x, p_x) * x(q), and likewise for p_x.
     ``coord_grad`` picks the rule at the edge of the ``zeros`` boundary (see the module docstring).
     """
-    check_boundary(boundary)
+    check_boundary(boundary, SAMPLING_RULES)
     check_coord_grad(coord_grad)
     height, width = image.shape
     slope_y = slope_x = 1.0
+    if boundary == "roi_align":
+        if _outside_roi_align(y, x, height, width):
+            return 0.0, 0.0
+        boundary = "border"
     if boundary == "border":
         # Right derivative of the clamp: 1 inside [0, H-1), 0 beyond.
         slope_y = 1.0 if 0.0 <= y < height - 1 else 0.0
@@ -155,6 +173,10 @@ def scatter_point(grad_image: np.ndarray, y: float, x: float, grad_value: float,
     image passes its share to the edge pixel it reads.
     """
     height, width = grad_image.shape
+    if boundary == "roi_align":
+        if _outside_roi_align(y, x, height, width):
+            return
+        boundary = "border"
     if boundary == "border":
         y, x = _clamp_point(y, x, height, width)
     elif y <= -1 or y >= height or x <= -1 or x >= width:
@@ -195,11 +217,15 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
 
     y, x: arrays of one shape P and a float dtype; the results keep that dtype.
     """
-    check_boundary(boundary)
+    check_boundary(boundary, SAMPLING_RULES)
     check_coord_grad(coord_grad)
     dtype = np.result_type(y, x)
     one = dtype.type(1)
     slope_y = slope_x = one
+    inside = True
+    if boundary == "roi_align":
+        inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
+        boundary = "border"
     if boundary == "border":
         slope_y = ((y >= 0) & (y < height - 1)).astype(dtype)
         slope_x = ((x >= 0) & (x < width - 1)).astype(dtype)
@@ -221,7 +247,7 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
     dweight_dy = np.stack([-hx, -lx, hx, lx]) * slope_y
     dweight_dx = np.stack([-hy, hy, -ly, ly]) * slope_x
     if boundary == "border":
-        valid = np.ones_like(weight, dtype=bool)
+        valid = np.broadcast_to(inside, weight.shape)
         rows = tuple(np.minimum(r, height - 1) for r in rows)
         cols = tuple(np.minimum(c, width - 1) for c in cols)
     else:

@@ -148,12 +148,121 @@ DDF = Operator(
     implementations={
         "literal": Implementation("refdyn.decoupled_dynamic_filter:ddf_literal", "refdyn.decoupled_dynamic_filter:ddf_backward_literal"),
         "vectorized": Implementation("refdyn.decoupled_dynamic_filter:ddf", "refdyn.decoupled_dynamic_filter:ddf_backward"),
+        **{backend: _gpu_implementation(backend, "ddf") for backend in GPU_BACKENDS},
     },
     configs="refdyn.testing.strategies:ddf_configs",
     make_case="refdyn.testing.ddf_cases:make_case",
     examples="refdyn.testing.ddf_cases:example_configs",
 )
 
+
+
+def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked) -> Operator:
+    """A RoI pooling operator of ``refdyn.<module>`` with cases from ``refdyn.testing.roi_cases``."""
+    return Operator(
+        name=name, summary=summary, differentiable=differentiable, linear=linear, kinked=kinked,
+        implementations={
+            "literal": Implementation(f"refdyn.{module}:{name}_literal",
+                                      f"refdyn.{module}:{name}_backward_literal"),
+            "vectorized": Implementation(f"refdyn.{module}:{name}", f"refdyn.{module}:{name}_backward"),
+        },
+        configs=f"refdyn.testing.strategies:{name}_configs",
+        make_case="refdyn.testing.roi_cases:make_case",
+        examples=f"refdyn.testing.roi_cases:{name}_examples",
+    )
+
+
+# RoIs are inputs of every RoI operator but get no gradient (as in every implementation).
+ROI_ALIGN = _roi_operator("roi_align", "roi_align",
+                          "RoIAlign, torchvision semantics (aligned flag, adaptive sampling_ratio)",
+                          ("input",), ("input",), ())
+DEFORM_ROI_ALIGN = _roi_operator(
+    "deform_roi_align", "roi_align",
+    "mmcv DeformRoIPool on RoIAlign (offsets x first); with a mask DCNv2 Eq. 2 modulated pooling",
+    ("input", "offset", "mask"), ("input", "mask"), ("offset",))
+DEFORM_ROI_POOL = _roi_operator(
+    "deform_roi_pool", "roi_pool",
+    "deformable RoI pooling, DCNv1 Eq. 6 (Eq. 5 RoI pooling without offsets), average form",
+    ("input", "offset"), ("input",), ("offset",))
+DEFORM_PS_ROI_POOL = _roi_operator(
+    "deform_ps_roi_pool", "roi_pool",
+    "deformable PS RoI pooling, official DCN rules (PS RoI pooling without offsets)",
+    ("input", "offset"), ("input",), ("offset",))
+MIMIC_LOSS = Operator(
+    name="mimic_loss",
+    summary="DCNv2 R-CNN feature mimic loss: sum over RoIs of 1 - cosine similarity",
+    differentiable=("features", "target"),
+    linear=(),
+    kinked=("features", "target"),     # the cosine jumps at a zero feature vector
+    implementations={
+        "literal": Implementation("refdyn.mimic_loss:mimic_loss_literal",
+                                  "refdyn.mimic_loss:mimic_loss_backward_literal"),
+        "vectorized": Implementation("refdyn.mimic_loss:mimic_loss",
+                                     "refdyn.mimic_loss:mimic_loss_backward"),
+    },
+    configs="refdyn.testing.strategies:mimic_loss_configs",
+    make_case="refdyn.testing.mimic_loss_cases:make_case",
+    examples="refdyn.testing.mimic_loss_cases:example_configs",
+)
+
+LSDFN_SAMPLE = Operator(
+    name="lsdfn_sample",
+    summary="LS-DFN sampled dynamic filtering with full position-specific kernels, Eq. 2 (paper 000)",
+    differentiable=("features", "kernels"),
+    linear=("features", "kernels"),
+    kinked=(),
+    implementations={
+        "literal": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_sample_literal",
+                                  "refdyn.large_sampling_dynamic_filter:lsdfn_sample_backward_literal"),
+        "vectorized": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_sample",
+                                     "refdyn.large_sampling_dynamic_filter:lsdfn_sample_backward"),
+    },
+    configs="refdyn.testing.strategies:lsdfn_sample_configs",
+    make_case="refdyn.testing.lsdfn_cases:make_lsdfn_sample_case",
+    examples="refdyn.testing.lsdfn_cases:lsdfn_sample_example_configs",
+)
+
+LSDFN = Operator(
+    name="lsdfn",
+    summary="LS-DFN end to end: Eq. 6/7 kernels, Eq. 3/4 attention, Eq. 5 fusion (paper 000)",
+    differentiable=("features", "u", "v", "sample_attention", "position_attention",
+                    "full_attention"),
+    # With fuse="sum" the output is affine in every input; max fusion keeps it positively
+    # homogeneous only in the features (each sample is linear in X), so only they are listed.
+    linear=("features",),
+    # Integer offsets: no bilinear kinks.  Max fusion's ties are the only kinks (lsdfn_cases).
+    kinked=(),
+    implementations={
+        "literal": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_literal",
+                                  "refdyn.large_sampling_dynamic_filter:lsdfn_backward_literal"),
+        "vectorized": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn",
+                                     "refdyn.large_sampling_dynamic_filter:lsdfn_backward"),
+    },
+    configs="refdyn.testing.strategies:lsdfn_configs",
+    make_case="refdyn.testing.lsdfn_cases:make_lsdfn_case",
+    examples="refdyn.testing.lsdfn_cases:lsdfn_example_configs",
+)
+
+DFN = Operator(
+    name="dfn",
+    summary="Dynamic Filter Networks' dynamic local filtering, per-pixel k x k filters",
+    differentiable=("features", "filters"),
+    linear=("features",),   # the filters too without the softmax (tests/test_lsdfn.py)
+    kinked=(),
+    implementations={
+        "literal": Implementation("refdyn.dynamic_filter_networks:dfn_literal",
+                                  "refdyn.dynamic_filter_networks:dfn_backward_literal"),
+        "vectorized": Implementation("refdyn.dynamic_filter_networks:dfn",
+                                     "refdyn.dynamic_filter_networks:dfn_backward"),
+    },
+    configs="refdyn.testing.strategies:dfn_configs",
+    make_case="refdyn.testing.lsdfn_cases:make_dfn_case",
+    examples="refdyn.testing.lsdfn_cases:dfn_example_configs",
+)
+
 OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D,
-                                                          ACTIVE_CONV2D, DDF)}
+                                                          ACTIVE_CONV2D, DDF, ROI_ALIGN,
+                                                          DEFORM_ROI_ALIGN, DEFORM_ROI_POOL,
+                                                          DEFORM_PS_ROI_POOL, MIMIC_LOSS,
+                                                          LSDFN_SAMPLE, LSDFN, DFN)}
 BACKENDS = ("literal", "vectorized", "host", "numba", "cupy")

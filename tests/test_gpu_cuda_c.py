@@ -1,11 +1,12 @@
-"""The CUDA C kernels (gpu/deform_conv.cu) through both of their backends.
+"""The CUDA C kernels (gpu/deform_conv.cu, gpu/ddf.cu) through both of their backends.
 
 ``refdyn.gpu.host`` runs the kernels on the CPU (g++ and gpu/cuda_host_compat.h), so the kernel
 source itself is tested on every machine: against the NumPy reference for the forward and
 every gradient, under both boundary rules and several launch grids, on the deterministic and
-the atomic grad_input paths, and Active Convolution assembled from them.  ``refdyn.gpu.cupy``
-runs the same source on a GPU; its tests run only where CuPy and a device exist.  The nvcc test
-checks that the file also builds as CUDA.
+the atomic grad_input paths, Active Convolution assembled from them, and the DDF operation
+(heads, stride, dilation, both kernel combinations, both dtypes).  ``refdyn.gpu.cupy`` runs the
+same sources on a GPU; its tests run only where CuPy and a device exist.  The nvcc test checks
+that each file also builds as CUDA.
 (The registry-driven tests in test_registry_generic.py cover both backends generically.)
 """
 
@@ -21,17 +22,23 @@ from hypothesis import given, settings, strategies as st
 
 import refdyn
 from refdyn.active_conv import active_conv2d, active_conv2d_backward
+from refdyn.ddf_args import DDFGrads
+from refdyn.decoupled_dynamic_filter import ddf, ddf_backward
 from refdyn.gpu import backend_problem, host, host_compiler
 from refdyn.testing.active_conv_cases import ActiveConvConfig, make_case as make_active_case
 from refdyn.testing.cases import close_enough, mismatch_report
+from refdyn.testing.ddf_cases import DDFConfig, bad_arguments as ddf_bad_arguments, \
+    error_mismatches, make_case as make_ddf_case
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
-from refdyn.testing.strategies import deform_conv2d_configs
+from refdyn.testing.strategies import ddf_configs, deform_conv2d_configs
 
 GRAD_NAMES = ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask")
 DEFORM_REFERENCE = (refdyn.deform_conv2d, refdyn.deform_conv2d_backward, GRAD_NAMES)
 ACTIVE_REFERENCE = (active_conv2d, active_conv2d_backward,
                     ("grad_input", "grad_positions", "grad_weight", "grad_bias"))
-KERNEL_SOURCE = Path(host.__file__).resolve().parent / "deform_conv.cu"
+DDF_GRAD_NAMES = ("grad_features", "grad_channel_filter", "grad_spatial_filter")
+DDF_REFERENCE = (ddf, ddf_backward, DDF_GRAD_NAMES)
+KERNEL_DIR = Path(host.__file__).resolve().parent
 
 pytestmark = pytest.mark.skipif(backend_problem("host") is not None,
                                 reason=f"host backend: {backend_problem('host')}")
@@ -68,8 +75,8 @@ def assert_matches_reference(case, output, grads, reference=DEFORM_REFERENCE):
             f"{mismatch_report(name, actual, wanted, dtype)}\n{case.description}"
 
 
-def assert_grads_identical(a, b):
-    for name in GRAD_NAMES:
+def assert_grads_identical(a, b, names=GRAD_NAMES):
+    for name in names:
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -270,48 +277,130 @@ def test_bad_arguments_raise_the_numpy_errors(problem):
         assert str(raised.value) == str(expected)
 
 
-def test_host_build_is_cached_and_rebuilt_when_a_source_changes(tmp_path, monkeypatch):
-    sources = []
-    for source in host.SOURCES:
-        copy = tmp_path / "src" / source.name
-        copy.parent.mkdir(exist_ok=True)
-        shutil.copy(source, copy)
-        sources.append(copy)
-    monkeypatch.setattr(host, "SOURCES", tuple(sources))
+def test_host_build_is_cached_per_source_and_rebuilt_when_ddf_cu_or_the_header_changes(
+        tmp_path, monkeypatch):
+    sources = tmp_path / "src"
+    sources.mkdir()
+    header, kernels = sources / host.COMPAT_HEADER.name, sources / "ddf.cu"
+    shutil.copy(host.COMPAT_HEADER, header)
+    shutil.copy(KERNEL_DIR / "ddf.cu", kernels)
+    monkeypatch.setattr(host, "COMPAT_HEADER", header)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    first = host.build_library()
-    assert first.parent == tmp_path / "cache" / "refdyn"
+    first = host.build_library(kernels)
+    assert first.parent == tmp_path / "cache" / "refdyn" and first.name.startswith("ddf-")
     built_at = first.stat().st_mtime_ns
-    assert host.build_library() == first and first.stat().st_mtime_ns == built_at
-    sources[1].write_text(sources[1].read_text() + "\n// changed\n")
-    second = host.build_library()
-    assert second != first and second.exists()
-    assert sorted(p.name for p in second.parent.iterdir()) == sorted([first.name, second.name])
+    assert host.build_library(kernels) == first and first.stat().st_mtime_ns == built_at
+    kernels.write_text(kernels.read_text() + "\n// changed\n")
+    second = host.build_library(kernels)
+    header.write_text(header.read_text() + "\n// changed\n")
+    third = host.build_library(kernels)
+    assert len({first, second, third}) == 3 and second.exists() and third.exists()
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted(
+        p.name for p in (first, second, third))
 
 
-def test_kernel_source_compiles_without_warnings_on_the_host(tmp_path):
+@pytest.mark.parametrize("source", ["deform_conv.cu", "ddf.cu"])
+def test_kernel_source_compiles_without_warnings_on_the_host(tmp_path, source):
     result = subprocess.run(
         [host_compiler(), *host.COMPILE_FLAGS, "-Wall", "-Wextra", "-Werror", "-x", "c++",
-         "-include", str(host.SOURCES[0]), str(KERNEL_SOURCE), "-o", str(tmp_path / "lib.so")],
-        capture_output=True, text=True)
+         "-include", str(host.COMPAT_HEADER), str(KERNEL_DIR / source), "-o",
+         str(tmp_path / "lib.so")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
-EXPECTED_KERNELS = {f"deform_conv_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
-    "forward", "col_grad", "grad_offset_mask", "grad_input_atomic", "count_contributions",
-    "fill_contributions", "grad_input_gather", "grad_weight", "grad_bias")
-} | {"deform_conv_sort_contributions"}
+EXPECTED_KERNELS = {
+    "deform_conv.cu": {f"deform_conv_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
+        "forward", "col_grad", "grad_offset_mask", "grad_input_atomic", "count_contributions",
+        "fill_contributions", "grad_input_gather", "grad_weight", "grad_bias")
+    } | {"deform_conv_sort_contributions"},
+    "ddf.cu": {f"ddf_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
+        "forward", "grad_features", "grad_spatial_filter", "grad_channel_filter")},
+}
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
-def test_kernel_source_compiles_with_nvcc(tmp_path):
-    ptx = tmp_path / "deform_conv.ptx"
+@pytest.mark.parametrize("source", list(EXPECTED_KERNELS))
+def test_kernel_source_compiles_with_nvcc(tmp_path, source):
+    ptx = tmp_path / "kernels.ptx"
     result = subprocess.run(
         ["nvcc", "-std=c++17", "--ptx", "-arch=sm_80", "-Werror", "all-warnings",
-         str(KERNEL_SOURCE), "-o", str(ptx)], capture_output=True, text=True)
+         str(KERNEL_DIR / source), "-o", str(ptx)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx.read_text()))
-    assert entries == EXPECTED_KERNELS
+    assert entries == EXPECTED_KERNELS[source]
+
+
+# --- DDF (ddf.cu) on the host -------------------------------------------------------------------
+
+# Heads (1, 2, 3, one per channel), strides that do and do not divide the image, dilations that
+# reach past the border, kernel sizes 1, 3, 5, 7, both combinations, both dtypes, a 1 x 1 image.
+DDF_CONFIGS = {
+    "mul": DDFConfig(),
+    "add float32": DDFConfig(kernel_combine="add", dtype="float32", seed=1),
+    "two heads, stride 2, dilation 2": DDFConfig(
+        batch=2, channels=4, height=7, width=6, head=2, stride=2, dilation=2, seed=2),
+    "add, stride 3 not dividing": DDFConfig(
+        kernel_combine="add", height=8, width=7, stride=3, seed=3),
+    "a head per channel, k 5, float32": DDFConfig(
+        channels=3, head=3, kernel_size=5, dtype="float32", seed=4),
+    "k 1, stride 2, add": DDFConfig(kernel_size=1, height=4, width=3, stride=2,
+                                    kernel_combine="add", seed=5),
+    "three heads, stride 2, dilation 3, add float32": DDFConfig(
+        batch=2, channels=6, height=9, width=8, head=3, stride=2, dilation=3,
+        kernel_combine="add", dtype="float32", seed=6),
+    "1 x 1 image": DDFConfig(height=1, width=1, seed=7),
+    "k 7 wider than the image, dilation 2": DDFConfig(height=2, width=9, kernel_size=7,
+                                                      dilation=2, seed=8),
+}
+
+
+@pytest.mark.parametrize("grid", [(2, 3), (1, 1)], ids=["grid-2x3", "grid-1x1"])
+@pytest.mark.parametrize("name", DDF_CONFIGS)
+def test_host_ddf_matches_numpy_reference(name, grid):
+    case = make_ddf_case(DDF_CONFIGS[name])
+    with launch_grid(*grid):
+        output = host.ddf(**case.forward_kwargs())
+        grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
+    assert isinstance(grads, DDFGrads)
+    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+
+
+@settings(max_examples=20)
+@given(config=ddf_configs(), grid=st.tuples(st.integers(1, 4), st.integers(1, 5)))
+def test_host_ddf_matches_numpy_reference_on_any_config_and_grid(config, grid):
+    case = make_ddf_case(config)
+    with launch_grid(*grid):
+        output = host.ddf(**case.forward_kwargs())
+        grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
+    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+
+
+def test_host_ddf_gradients_are_bitwise_reproducible_on_any_grid():
+    """Every gradient is a gather with a fixed summation order: the same bits whichever thread
+    computes which element."""
+    case = make_ddf_case(DDF_CONFIGS["three heads, stride 2, dilation 3, add float32"])
+    runs = []
+    for grid in [(2, 3), (1, 1), (4, 7)]:
+        with launch_grid(*grid):
+            runs.append(host.ddf_backward(case.grad_output, **case.backward_kwargs()))
+    for run in runs[1:]:
+        assert_grads_identical(runs[0], run, DDF_GRAD_NAMES)
+
+
+def test_host_ddf_empty_batch_returns_empty_arrays_without_launching(monkeypatch):
+    def no_launch(*_):
+        raise AssertionError("a kernel was launched for an empty batch")
+    monkeypatch.setattr(host, "launch", no_launch)
+    case = make_ddf_case(DDFConfig(batch=0, head=2, stride=2, dtype="float32"))
+    output = host.ddf(**case.forward_kwargs())
+    assert output.shape == (0, 2, 2, 2) and output.dtype == np.float32
+    grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
+    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+
+
+@pytest.mark.parametrize("problem", list(ddf_bad_arguments()))
+def test_host_ddf_bad_arguments_raise_the_numpy_errors(problem):
+    assert not error_mismatches(host.ddf, host.ddf_backward, ddf_bad_arguments()[problem])
 
 
 # --- CuPy: the same kernels on a GPU ----------------------------------------------------------
@@ -431,3 +520,46 @@ def test_cupy_active_conv_device_arrays_in_and_out(name):
     assert_matches_reference(case, cupy.asnumpy(output), type(grads)(
         **{n: None if v is None else cupy.asnumpy(v) for n, v in vars(grads).items()}),
         ACTIVE_REFERENCE)
+
+
+@needs_cupy
+@pytest.mark.parametrize("name", DDF_CONFIGS)
+def test_cupy_ddf_matches_numpy_reference_with_numpy_arrays(name):
+    from refdyn.gpu import cupy as cupy_backend
+    case = make_ddf_case(DDF_CONFIGS[name])
+    output = cupy_backend.ddf(**case.forward_kwargs())
+    grads = cupy_backend.ddf_backward(case.grad_output, **case.backward_kwargs())
+    assert isinstance(output, np.ndarray)
+    assert all(isinstance(getattr(grads, n), np.ndarray) for n in DDF_GRAD_NAMES)
+    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+
+
+@needs_cupy
+@pytest.mark.parametrize("name", ["two heads, stride 2, dilation 2",
+                                  "three heads, stride 2, dilation 3, add float32"])
+def test_cupy_ddf_device_arrays_in_and_out(name):
+    import cupy
+
+    from refdyn.gpu import cupy as cupy_backend
+    case = make_ddf_case(DDF_CONFIGS[name])
+    on_device = {k: cupy.asarray(v) for k, v in case.arrays.items()}
+    output = cupy_backend.ddf(**on_device, **case.params)
+    grads = cupy_backend.ddf_backward(cupy.asarray(case.grad_output), **on_device, **case.params)
+    assert isinstance(output, cupy.ndarray)
+    assert all(isinstance(getattr(grads, n), cupy.ndarray) for n in DDF_GRAD_NAMES)
+    assert_matches_reference(case, cupy.asnumpy(output), DDFGrads(
+        **{n: cupy.asnumpy(v) for n, v in vars(grads).items()}), DDF_REFERENCE)
+
+
+@needs_cupy
+def test_cupy_ddf_empty_batch_and_bad_arguments_on_device():
+    import cupy
+
+    from refdyn.gpu import cupy as cupy_backend
+    empty = make_ddf_case(DDFConfig(batch=0))
+    assert cupy_backend.ddf(**empty.forward_kwargs()).shape == (0, 2, 5, 5)
+    grads = cupy_backend.ddf_backward(empty.grad_output, **empty.backward_kwargs())
+    assert grads.grad_spatial_filter.shape == (0, 9, 5, 5)
+    for arguments in ddf_bad_arguments().values():
+        assert not error_mismatches(cupy_backend.ddf, cupy_backend.ddf_backward, arguments,
+                                    cupy.asarray)

@@ -1,5 +1,5 @@
 """The Numba CUDA backend (refdyn.gpu.numba) against the NumPy reference: deformable convolution
-under both boundary rules, and Active Convolution assembled from it.
+under both boundary rules, Active Convolution assembled from it, and the DDF operation.
 
 On a machine with a GPU the kernels run on the device; without one, conftest.py selects
 Numba's CUDA simulator, where every thread is a Python thread: sizes stay tiny.
@@ -12,11 +12,15 @@ import pytest
 
 import refdyn
 from refdyn.active_conv import ActiveConvGrads, active_conv2d, active_conv2d_backward
+from refdyn.ddf_args import DDFGrads
+from refdyn.decoupled_dynamic_filter import ddf, ddf_backward
 from refdyn.deform_conv import deform_conv2d_backward_literal, deform_conv2d_literal
 from refdyn.deform_conv_args import check_deform_conv2d_args
 from refdyn.gpu import backend_problem
 from refdyn.testing.active_conv_cases import ActiveConvConfig, make_case as make_active_case
 from refdyn.testing.cases import close_enough, mismatch_report
+from refdyn.testing.ddf_cases import DDFConfig, bad_arguments as ddf_bad_arguments, \
+    error_mismatches, make_case as make_ddf_case
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 
 PROBLEM = backend_problem("numba")
@@ -363,3 +367,69 @@ def test_active_conv_bad_arguments_raise_the_numpy_errors(nb, cuda, bad, on_devi
         with pytest.raises(expected.type) as actual:
             call()
         assert str(actual.value) == str(expected.value)
+
+
+# --- DDF (paper 003) ---------------------------------------------------------------------------
+
+DDF_GRAD_NAMES = ("grad_features", "grad_channel_filter", "grad_spatial_filter")
+
+# Heads (1, 2, one per channel), strides dividing the image and not, dilation past the border,
+# kernel sizes 1, 3, 5, both combinations, both dtypes; tiny for the simulator.
+DDF_CONFIGS = [
+    DDFConfig(height=4, width=4),
+    DDFConfig(batch=2, channels=4, height=5, width=4, head=2, stride=2, dilation=2,
+              kernel_combine="add", dtype="float32", seed=1),
+    DDFConfig(channels=3, head=3, height=5, width=3, kernel_size=5, stride=3, seed=2),
+    DDFConfig(kernel_size=1, height=3, width=4, stride=2, kernel_combine="add", seed=3),
+    DDFConfig(channels=2, head=2, height=4, width=5, dilation=3, dtype="float32", seed=4),
+]
+
+
+def assert_ddf_matches_numpy(case, output, grads):
+    dtype = case.grad_output.dtype
+    assert_close("output", output, ddf(**case.forward_kwargs()), dtype)
+    assert_grads_close(grads, ddf_backward(case.grad_output, **case.backward_kwargs()), dtype,
+                       DDF_GRAD_NAMES)
+
+
+@pytest.mark.parametrize("config", DDF_CONFIGS, ids=lambda c: (
+    f"head{c.head}-k{c.kernel_size}-s{c.stride}-d{c.dilation}-{c.kernel_combine}-{c.dtype}"))
+def test_ddf_equals_numpy(nb, config):
+    case = make_ddf_case(config)
+    assert_ddf_matches_numpy(case, nb.ddf(**case.forward_kwargs()),
+                             nb.ddf_backward(case.grad_output, **case.backward_kwargs()))
+
+
+@pytest.mark.parametrize("batch", [2, 0], ids=["batch2", "empty-batch"])
+def test_ddf_device_arrays_in_and_out(nb, cuda, batch):
+    """Device ``features`` give device arrays out, also for an empty batch; the other arguments
+    may live on either side."""
+    case = make_ddf_case(DDFConfig(batch=batch, channels=4, height=4, width=4, head=2, stride=2,
+                                   dtype="float32", seed=5))
+    on_device = {name: cuda.to_device(value) for name, value in case.arrays.items()}
+    out = nb.ddf(**on_device, **case.params)
+    grads = nb.ddf_backward(cuda.to_device(case.grad_output), **on_device, **case.params)
+    assert is_device_array(cuda, out)
+    assert all(is_device_array(cuda, getattr(grads, name)) for name in DDF_GRAD_NAMES)
+    assert_ddf_matches_numpy(case, out.copy_to_host(), DDFGrads(
+        **{name: getattr(grads, name).copy_to_host() for name in DDF_GRAD_NAMES}))
+    mixed = nb.ddf(**{**case.arrays, "features": on_device["features"]}, **case.params)
+    assert is_device_array(cuda, mixed)
+    host_grads = nb.ddf_backward(case.grad_output, **{**on_device, "features": case.arrays[
+        "features"]}, **case.params)
+    assert all(isinstance(getattr(host_grads, name), np.ndarray) for name in DDF_GRAD_NAMES)
+
+
+def test_ddf_empty_batch_with_numpy_arrays(nb):
+    case = make_ddf_case(DDFConfig(batch=0, head=1, stride=2, seed=6))
+    out = nb.ddf(**case.forward_kwargs())
+    assert out.shape == (0, 2, 2, 2)
+    assert_ddf_matches_numpy(case, out, nb.ddf_backward(case.grad_output,
+                                                         **case.backward_kwargs()))
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["numpy", "device"])
+@pytest.mark.parametrize("bad", list(ddf_bad_arguments()))
+def test_ddf_bad_arguments_raise_the_numpy_errors(nb, cuda, bad, on_device):
+    move = cuda.to_device if on_device else (lambda array: array)
+    assert not error_mismatches(nb.ddf, nb.ddf_backward, ddf_bad_arguments()[bad], move)

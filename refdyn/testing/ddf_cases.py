@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..decoupled_dynamic_filter import ddf, ddf_backward
 from .cases import Case, Config
 
 
@@ -80,3 +81,56 @@ def example_configs(thorough: bool = False) -> list[DDFConfig]:
         ] + [DDFConfig(height=1, width=1, seed=10),
              DDFConfig(height=2, width=9, kernel_size=7, dilation=2, seed=11)]
     return configs
+
+
+def bad_arguments() -> dict[str, dict[str, object]]:
+    """Keyword arguments of ``ddf_backward`` (grad_output included), each with one problem that
+    the argument checks of :mod:`refdyn.ddf_args` reject (the forward, called without
+    grad_output, rejects all but the grad_output one).  Every array is C-contiguous, so that it
+    can be copied to a device as it is."""
+    case = make_case(DDFConfig(batch=2, channels=4, head=2))
+    a = {**case.arrays, **case.params, "grad_output": case.grad_output}
+    nan_spatial = a["spatial_filter"].copy()
+    nan_spatial[1, 3, 2, 2] = np.nan
+    return {
+        "even kernel size": {**a, "kernel_size": 2},
+        "nan spatial filter": {**a, "spatial_filter": nan_spatial},
+        "inf channel filter": {**a, "channel_filter": np.full_like(a["channel_filter"], np.inf)},
+        "heads do not divide channels": {**a, "spatial_filter": np.zeros((2, 27, 5, 5))},
+        "channel filter dtype": {**a, "channel_filter": a["channel_filter"].astype(np.float32)},
+        "spatial filter size": {**a, "spatial_filter": a["spatial_filter"][:, :, :4].copy()},
+        "stride beyond the image": {**a, "stride": 6},
+        "kernel_combine": {**a, "kernel_combine": "max"},
+        "bool dilation": {**a, "dilation": True},
+        "grad_output shape": {**a, "grad_output": a["grad_output"][:, :3].copy()},
+    }
+
+
+def _raised_error(function, kwargs):
+    """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
+    try:
+        function(**kwargs)
+    except (TypeError, ValueError) as error:
+        return error
+    return None
+
+
+def error_mismatches(forward, backward, arguments, on_device=lambda array: array) -> list[str]:
+    """Where a backend's ``forward`` and ``backward`` (its ddf and ddf_backward) fail to raise
+    the NumPy reference's error, same type and message, on ``arguments`` (one of
+    :func:`bad_arguments`) with every array moved by ``on_device``: empty when all match.
+    The forward is called without grad_output, and only where the reference's forward fails."""
+    moved = {k: on_device(v) if isinstance(v, np.ndarray) else v for k, v in arguments.items()}
+    forward_names = [name for name in arguments if name != "grad_output"]
+    mismatches = []
+    for reference, mirror, names in [(ddf_backward, backward, list(arguments)),
+                                     (ddf, forward, forward_names)]:
+        expected = _raised_error(reference, {name: arguments[name] for name in names})
+        if expected is None:
+            if reference is ddf_backward:
+                mismatches.append("the NumPy reference accepts these arguments")
+            continue  # a bad grad_output: only the backward sees it
+        actual = _raised_error(mirror, {name: moved[name] for name in names})
+        if (type(actual), str(actual)) != (type(expected), str(expected)):
+            mismatches.append(f"{reference.__name__}: expected {expected!r}, got {actual!r}")
+    return mismatches

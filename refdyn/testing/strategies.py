@@ -23,7 +23,12 @@ from hypothesis import strategies as st
 from .active_conv_cases import ActiveConvConfig
 from .bilinear_cases import KINK_FREE_POINT_KINDS, POINT_KINDS, BilinearConfig
 from .ddf_cases import DDFConfig
+from .lsdfn_cases import DFNConfig, LSDFNConfig, LSDFNSampleConfig
 from .deform_conv_cases import KINK_FREE_OFFSET_KINDS, OFFSET_KINDS, DeformConvConfig
+from .mimic_loss_cases import MimicLossConfig
+from .roi_cases import KINK_FREE_OFFSET_KINDS as ROI_KINK_FREE_OFFSET_KINDS
+from .roi_cases import OFFSET_KINDS as ROI_OFFSET_KINDS
+from .roi_cases import ROI_KINDS, RoIPoolConfig
 
 
 @st.composite
@@ -139,3 +144,120 @@ def ddf_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"), kink_fr
         dilation=draw(st.integers(1, 3)), stride=stride, head=head,
         kernel_combine=draw(st.sampled_from(tuple(kernel_combines))),
         dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+
+def _roi_pool_configs(operator: str):
+    """A strategy factory for one RoI operator (see :mod:`refdyn.testing.roi_cases`)."""
+
+    @st.composite
+    def configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"), kink_free: bool = False,
+                roi_kinds: Sequence[str] = ROI_KINDS, offset_kinds: Sequence[str] = ROI_OFFSET_KINDS,
+                max_rois: int = 4, max_extent: int = 7) -> RoIPoolConfig:
+        """Valid configurations: every RoI kind (empty RoI lists included), 1 to 3 bins per
+        axis, fixed and adaptive sampling, optional offsets and mask, offsets of every kind
+        (kink-free ones only with ``kink_free``)."""
+        if kink_free:
+            offset_kinds = [kind for kind in offset_kinds if kind in ROI_KINK_FREE_OFFSET_KINDS]
+        output_dim = draw(st.integers(1, 2))
+        return RoIPoolConfig(
+            operator=operator,
+            batch=draw(st.integers(1, 2)), channels=output_dim * draw(st.integers(1, 2)),
+            height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
+            rois=draw(st.sampled_from([*range(1, max_rois + 1), 0])),
+            roi_kind=draw(st.sampled_from(tuple(roi_kinds))),
+            pooled=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+            spatial_scale=draw(st.sampled_from((1.0, 0.5, 0.25))),
+            sampling_ratio=draw(st.integers(0, 2)), aligned=draw(st.booleans()),
+            with_offset=draw(st.booleans()), with_mask=draw(st.booleans()),
+            offset_kind=draw(st.sampled_from(tuple(offset_kinds))),
+            gamma=draw(st.sampled_from((0.1, 0.5))), group_size=draw(st.integers(1, 2)),
+            classes=draw(st.sampled_from([1, output_dim])), part_size=draw(st.integers(0, 2)),
+            sample_per_part=draw(st.integers(1, 2)),
+            dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+    configs.__name__ = f"{operator}_configs"
+    return configs
+
+
+roi_align_configs = _roi_pool_configs("roi_align")
+deform_roi_align_configs = _roi_pool_configs("deform_roi_align")
+deform_roi_pool_configs = _roi_pool_configs("deform_roi_pool")
+deform_ps_roi_pool_configs = _roi_pool_configs("deform_ps_roi_pool")
+
+
+@st.composite
+def mimic_loss_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                       kink_free: bool = False, max_rois: int = 4) -> MimicLossConfig:
+    """Valid ``mimic_loss`` configurations: 0 to ``max_rois`` RoIs, feature maps of 1 to 8
+    entries, with or without a zero feature vector.  kink_free is accepted and ignored (the
+    loss is smooth away from zero vectors, which the finite-difference cases do not perturb
+    across)."""
+    del kink_free
+    return MimicLossConfig(
+        rois=draw(st.sampled_from([*range(1, max_rois + 1), 0])),
+        feature_shape=(draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+        zero_row=draw(st.booleans()), dtype=draw(st.sampled_from(tuple(dtypes))),
+        seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def lsdfn_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                  kink_free: bool = False, max_batch: int = 2, max_channels: int = 2,
+                  max_extent: int = 5, max_samples: int = 3, max_kernel: int = 3,
+                  attentions: Sequence = ("factorized", "full", None),
+                  fuses: Sequence[str] = ("sum", "max")) -> LSDFNConfig:
+    """Valid ``lsdfn`` configurations: s and k from 1 (even ones too), sample strides whose
+    samples reach past the border, every attention, fusion, indexing and kernel form.
+
+    kink_free: draw only fuse="sum" (LS-DFN reads at integer offsets; max fusion's ties are its
+    only kinks).
+    """
+    if kink_free:
+        fuses = [fuse for fuse in fuses if fuse == "sum"]
+    return LSDFNConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),  # shrinks towards 1
+        channels=draw(st.integers(1, max_channels)),
+        out_channels=draw(st.integers(1, max_channels)),
+        height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
+        samples=draw(st.integers(1, max_samples)), gamma=draw(st.integers(1, 3)),
+        kernel_size=draw(st.integers(1, max_kernel)), residual=draw(st.booleans()),
+        attention=draw(st.sampled_from(tuple(attentions))),
+        fuse=draw(st.sampled_from(tuple(fuses))),
+        indexing=draw(st.sampled_from(("centred", "paper"))),
+        kernel_form=draw(st.sampled_from(("described", "printed"))),
+        dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def lsdfn_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
+                         kink_free: bool = False, max_batch: int = 2, max_channels: int = 2,
+                         max_extent: int = 5, max_samples: int = 3,
+                         max_kernel: int = 3) -> LSDFNSampleConfig:
+    """Valid ``lsdfn_sample`` (Eq. 2) configurations; kink_free is accepted for a uniform
+    interface and ignored (integer offsets, no kinks)."""
+    del kink_free
+    return LSDFNSampleConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),
+        channels=draw(st.integers(1, max_channels)),
+        out_channels=draw(st.integers(1, max_channels)),
+        height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
+        samples=draw(st.integers(1, max_samples)), gamma=draw(st.integers(1, 3)),
+        kernel_size=draw(st.integers(1, max_kernel)),
+        indexing=draw(st.sampled_from(("centred", "paper"))),
+        dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
+
+
+@st.composite
+def dfn_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"), kink_free: bool = False,
+                max_batch: int = 2, max_channels: int = 3, max_extent: int = 6,
+                max_kernel: int = 5) -> DFNConfig:
+    """Valid ``dfn`` configurations: shared or per-channel filters, with or without the softmax;
+    kink_free is accepted for a uniform interface and ignored (no kinks)."""
+    del kink_free
+    return DFNConfig(
+        batch=draw(st.sampled_from([1, *range(2, max_batch + 1), 0])),
+        channels=draw(st.integers(1, max_channels)),
+        height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
+        kernel_size=draw(st.integers(1, max_kernel)), per_channel=draw(st.booleans()),
+        softmax=draw(st.booleans()), dtype=draw(st.sampled_from(tuple(dtypes))),
+        seed=draw(st.integers(0, 2**16)))
