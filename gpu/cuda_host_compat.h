@@ -16,7 +16,9 @@
 #define __host__
 #define __forceinline__ inline
 
+using std::ceil;
 using std::floor;
+using std::rint;
 
 struct dim3 {
     unsigned int x, y, z;

@@ -1,5 +1,5 @@
-"""The CUDA C kernels of ``deform_conv.cu`` and ``ddf.cu`` on a GPU via CuPy (importable as
-``refdyn.gpu.cupy``).
+"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu`` and ``roi_pool.cu`` on a GPU via CuPy
+(importable as ``refdyn.gpu.cupy``).
 
 Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
 functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
@@ -24,7 +24,9 @@ from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
-from . import _cuda_c, _cuda_c_ddf
+from refdyn.roi_pool_args import RoIPoolGrads
+
+from . import _cuda_c, _cuda_c_ddf, _cuda_c_roi
 
 #: Launch configuration: threads per block, and a cap on the blocks (the kernels' grid-stride
 #: loops cover any remaining elements).
@@ -66,7 +68,7 @@ def _like_input(array, input):
 
 
 def _grads_like_input(grads, input):
-    """Each gradient of a DeformConvGrads, ActiveConvGrads or DDFGrads passed through
+    """Each gradient of a DeformConvGrads, ActiveConvGrads, DDFGrads or RoIPoolGrads passed through
     :func:`_like_input`."""
     return type(grads)(**{name: _like_input(value, input) for name, value in vars(grads).items()})
 
@@ -165,3 +167,97 @@ def ddf_backward(grad_output, features, channel_filter, spatial_filter, kernel_s
     grads = _cuda_c_ddf.backward(cupy, launch, geo, *_to_device(
         grad_output, features, channel_filter, spatial_filter))
     return _grads_like_input(grads, features)
+
+
+# --- The RoI pooling family (roi_pool.cu, launched by _cuda_c_roi) -----------------------------
+
+
+def _host_rois(rois):
+    """The RoIs on the host for the batch-index check (R x 5 values); anything else as it is."""
+    return cupy.asnumpy(rois) if isinstance(rois, cupy.ndarray) else rois
+
+
+def _roi_forward(call, input, rois, offset=None, mask=None):
+    output = _cuda_c_roi.forward(cupy, launch, call, *_to_device(input, rois, offset, mask))
+    return _like_input(output, input)
+
+
+def _roi_backward(call, grad_output, input, rois, offset=None, mask=None) -> RoIPoolGrads:
+    _cuda_c_roi.check_backward(call, grad_output)
+    grads = _cuda_c_roi.backward(cupy, launch, call,
+                                 *_to_device(grad_output, input, rois, offset, mask))
+    return _grads_like_input(grads, input)
+
+
+def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """torchvision roi_align on the GPU (roi_pool.cu); as :func:`refdyn.roi_align.roi_align`,
+    NumPy or CuPy arrays (a CuPy result when ``input`` is one)."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
+    return _roi_forward(call, input, rois)
+
+
+def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                       sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
+    """Gradient of :func:`roi_align` on the GPU (a gather: no atomics, reproducible); as
+    :func:`refdyn.roi_align.roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
+    return _roi_backward(call, grad_output, input, rois)
+
+
+def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
+                     sampling_ratio=0, gamma=0.1):
+    """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2), on the GPU; as
+    :func:`refdyn.roi_align.deform_roi_align`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+    return _roi_forward(call, input, rois, offset, mask)
+
+
+def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_align` (input, offset, mask) on the GPU; as
+    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+    return _roi_backward(call, grad_output, input, rois, offset, mask)
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
+    """Deformable RoI pooling, DCNv1 Eq. 5-6, on the GPU; as
+    :func:`refdyn.roi_pool.deform_roi_pool`."""
+    call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
+                                gamma, _all_finite)
+    return _roi_forward(call, input, rois, offset)
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
+                             spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8) on the GPU; as
+    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
+                                gamma, _all_finite)
+    return _roi_backward(call, grad_output, input, rois, offset)
+
+
+def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1, group_size=1,
+                       pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
+                       no_trans=False):
+    """The official deformable PS RoI pooling on the GPU; as
+    :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
+                                     group_size, pooled_size, part_size, sample_per_part,
+                                     trans_std, no_trans, _all_finite)
+    return _roi_forward(call, input, rois, offset)
+
+
+def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_scale=1.0,
+                                output_dim=1, group_size=1, pooled_size=7, part_size=0,
+                                sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
+    """Gradients of :func:`deform_ps_roi_pool` on the GPU; as
+    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
+                                     group_size, pooled_size, part_size, sample_per_part,
+                                     trans_std, no_trans, _all_finite)
+    return _roi_backward(call, grad_output, input, rois, offset)

@@ -1,5 +1,5 @@
-"""The CUDA C kernels of ``deform_conv.cu`` and ``ddf.cu`` run on the CPU (importable as
-``refdyn.gpu.host``).
+"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu`` and ``roi_pool.cu`` run on the CPU
+(importable as ``refdyn.gpu.host``).
 
 The very same sources the GPU backend compiles are built by the host C++ compiler
 (``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, each file into a
@@ -34,7 +34,9 @@ from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
-from . import _cuda_c, _cuda_c_ddf, host_compiler
+from refdyn.roi_pool_args import RoIPoolGrads
+
+from . import _cuda_c, _cuda_c_ddf, _cuda_c_roi, host_compiler
 
 #: The grid each kernel is launched on: a few blocks of a few threads, so that every thread
 #: strides over several elements (any values are correct; tests vary them).
@@ -231,3 +233,88 @@ def ddf_backward(grad_output, features, channel_filter, spatial_filter, kernel_s
     check_ddf_backward_args(grad_output, geo)
     return _cuda_c_ddf.backward(np, launch, geo, *map(
         _contiguous, (grad_output, features, channel_filter, spatial_filter)))
+
+
+# --- The RoI pooling family (roi_pool.cu, launched by _cuda_c_roi) -----------------------------
+
+
+def _roi_forward(call, input, rois, offset=None, mask=None):
+    return _cuda_c_roi.forward(np, launch, call, *map(_contiguous, (input, rois, offset, mask)))
+
+
+def _roi_backward(call, grad_output, input, rois, offset=None, mask=None) -> RoIPoolGrads:
+    _cuda_c_roi.check_backward(call, grad_output)
+    return _cuda_c_roi.backward(np, launch, call, *map(
+        _contiguous, (grad_output, input, rois, offset, mask)))
+
+
+def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """torchvision roi_align, the kernel of roi_pool.cu run on the CPU.
+
+    Same arguments, checks and result as :func:`refdyn.roi_align.roi_align`.
+    """
+    call = _cuda_c_roi.align_call(input, rois, None, None, output_size, spatial_scale,
+                                  sampling_ratio, aligned, 0.0)
+    return _roi_forward(call, input, rois)
+
+
+def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                       sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
+    """Gradient of :func:`roi_align` (a gather, roi_pool.cu), run on the CPU; as
+    :func:`refdyn.roi_align.roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, rois, None, None, output_size, spatial_scale,
+                                  sampling_ratio, aligned, 0.0)
+    return _roi_backward(call, grad_output, input, rois)
+
+
+def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
+                     sampling_ratio=0, gamma=0.1):
+    """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2), run on the CPU; as
+    :func:`refdyn.roi_align.deform_roi_align`."""
+    call = _cuda_c_roi.align_call(input, rois, offset, mask, output_size, spatial_scale,
+                                  sampling_ratio, True, gamma)
+    return _roi_forward(call, input, rois, offset, mask)
+
+
+def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_align` (input, offset, mask), run on the CPU; as
+    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, rois, offset, mask, output_size, spatial_scale,
+                                  sampling_ratio, True, gamma)
+    return _roi_backward(call, grad_output, input, rois, offset, mask)
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
+    """Deformable RoI pooling, DCNv1 Eq. 5-6, run on the CPU; as
+    :func:`refdyn.roi_pool.deform_roi_pool`."""
+    call = _cuda_c_roi.eq5_call(input, rois, offset, output_size, spatial_scale, gamma)
+    return _roi_forward(call, input, rois, offset)
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
+                             spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8), run on the CPU; as
+    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    call = _cuda_c_roi.eq5_call(input, rois, offset, output_size, spatial_scale, gamma)
+    return _roi_backward(call, grad_output, input, rois, offset)
+
+
+def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1, group_size=1,
+                       pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
+                       no_trans=False):
+    """The official deformable PS RoI pooling, run on the CPU; as
+    :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    call = _cuda_c_roi.official_call(input, rois, offset, spatial_scale, output_dim, group_size,
+                                     pooled_size, part_size, sample_per_part, trans_std, no_trans)
+    return _roi_forward(call, input, rois, offset)
+
+
+def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_scale=1.0,
+                                output_dim=1, group_size=1, pooled_size=7, part_size=0,
+                                sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
+    """Gradients of :func:`deform_ps_roi_pool`, run on the CPU; as
+    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    call = _cuda_c_roi.official_call(input, rois, offset, spatial_scale, output_dim, group_size,
+                                     pooled_size, part_size, sample_per_part, trans_std, no_trans)
+    return _roi_backward(call, grad_output, input, rois, offset)

@@ -1,7 +1,9 @@
-"""Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask), and
-the DDF operation (:func:`ddf`, :func:`ddf_backward`, whose kernels live in
-:mod:`refdyn.gpu._numba_ddf`; the import guard and host helpers both use are in
-:mod:`refdyn.gpu._numba_support`).
+"""Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask), the
+DDF operation (:func:`ddf`, :func:`ddf_backward`, whose kernels live in
+:mod:`refdyn.gpu._numba_ddf`) and the RoI pooling family (:func:`roi_align`,
+:func:`deform_roi_align`, :func:`deform_roi_pool`, :func:`deform_ps_roi_pool` and their
+``*_backward``, in :mod:`refdyn.gpu._numba_roi`); the import guard and host helpers they use
+are in :mod:`refdyn.gpu._numba_support`).
 
 The same functions, arguments, errors and results as :mod:`refdyn.deform_conv`, computed by
 ``@cuda.jit`` kernels.  Without a GPU they run under Numba's CUDA simulator
@@ -46,11 +48,16 @@ from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
 from ._numba_ddf import ddf, ddf_backward
+from ._numba_roi import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_align, \
+    deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, roi_align, \
+    roi_align_backward
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
     _split, cuda
 
 __all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
-           "ddf", "ddf_backward"]
+           "ddf", "ddf_backward", "roi_align", "roi_align_backward", "deform_roi_align",
+           "deform_roi_align_backward", "deform_roi_pool", "deform_roi_pool_backward",
+           "deform_ps_roi_pool", "deform_ps_roi_pool_backward"]
 
 #: Pixel counts summed by one thread of the prefix sums of the deterministic grad_input.
 _SCAN_CHUNK = 64

@@ -27,9 +27,11 @@ default loops over RoIs and samples every bin and channel of a RoI at once (see
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
+from ._checks import numpy_all_finite
 from .bilinear import sample_point, sample_point_grad, scatter_point
 from .roi_pool import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
 from .roi_pool_args import RoIPoolGrads, check_bin_array, check_finite_number, check_grad_output, \
@@ -38,13 +40,16 @@ from .roi_pool_args import RoIPoolGrads, check_bin_array, check_finite_number, c
 BOUNDARY = "roi_align"
 
 
-def _check(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma):
-    geo = check_roi_input(input, rois, output_size, spatial_scale)
+def check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                         gamma, all_finite: Callable = numpy_all_finite):
+    """The checks of every operator of this module (``all_finite`` tests device arrays on the
+    GPU backends)."""
+    geo = check_roi_input(input, rois, output_size, spatial_scale, all_finite)
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int (<= 0: adaptive), got {sampling_ratio!r}")
     check_finite_number(gamma, "gamma")
-    check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)")
-    check_bin_array(mask, "mask", geo, 1, geo.pooled, "(R, 1, P_h, P_w)")
+    check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)", all_finite)
+    check_bin_array(mask, "mask", geo, 1, geo.pooled, "(R, 1, P_h, P_w)", all_finite)
     return geo
 
 
@@ -91,7 +96,7 @@ def _literal(input, rois, offset, mask, geo, spatial_scale, sampling_ratio, alig
 
 def _forward_literal(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                      aligned, gamma):
-    geo = _check(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     out = np.zeros((geo.rois, geo.channels) + geo.pooled)
     for r, n, c, i, j, points, _, _, dm in _literal(input, rois, offset, mask, geo, spatial_scale,
                                                     sampling_ratio, aligned, gamma):
@@ -102,7 +107,7 @@ def _forward_literal(input, rois, offset, mask, output_size, spatial_scale, samp
 
 def _backward_literal(grad_output, input, rois, offset, mask, output_size, spatial_scale,
                       sampling_ratio, aligned, gamma) -> RoIPoolGrads:
-    geo = _check(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     check_grad_output(grad_output, geo, geo.channels)
     grad_input = np.zeros(input.shape)
     grad_offset = None if offset is None else np.zeros(offset.shape)
@@ -144,7 +149,7 @@ def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligne
 
 
 def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned, gamma):
-    geo = _check(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     out = np.zeros((geo.rois, geo.channels) + geo.pooled, dtype=geo.dtype)
     for r in range(geo.rois):
         out[r] = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned,
@@ -154,7 +159,7 @@ def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_rat
 
 def _backward(grad_output, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
               aligned, gamma) -> RoIPoolGrads:
-    geo = _check(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
     check_grad_output(grad_output, geo, geo.channels)
     grad_input = np.zeros(input.shape, dtype=geo.dtype)
     grad_offset = None if offset is None else np.zeros(offset.shape, dtype=geo.dtype)

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from ._checks import numpy_all_finite
 from .bilinear import Stencil, coord_grads_with, gather_corners, interpolate, make_stencil, \
     sample_point, sample_point_grad, scatter_add, scatter_point
 from .roi_pool_args import RoIGeometry, RoIPoolGrads, check_bin_array, check_finite_number, \
@@ -145,10 +147,11 @@ def _grads_in_dtype(dtype, grad_input, grad_offset=None, grad_mask=None) -> RoIP
 # ---------------------------------------------------------------------------------------------
 
 
-def check_deform_roi_pool_args(input, rois, offset, output_size, spatial_scale, gamma) -> RoIGeometry:
-    geo = check_roi_input(input, rois, output_size, spatial_scale)
+def check_deform_roi_pool_args(input, rois, offset, output_size, spatial_scale, gamma,
+                               all_finite: Callable = numpy_all_finite) -> RoIGeometry:
+    geo = check_roi_input(input, rois, output_size, spatial_scale, all_finite)
     check_finite_number(gamma, "gamma")
-    check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)")
+    check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)", all_finite)
     return geo
 
 
@@ -309,14 +312,15 @@ class PSRoIParams:
 
 
 def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim, group_size,
-                                  pooled_size, part_size, sample_per_part, trans_std, no_trans):
+                                  pooled_size, part_size, sample_per_part, trans_std, no_trans,
+                                  all_finite: Callable = numpy_all_finite):
     output_dim = check_positive_int(output_dim, "output_dim")
     group_size = check_positive_int(group_size, "group_size")
     pooled_size = check_positive_int(pooled_size, "pooled_size")
     part_size = check_positive_int(part_size, "part_size", minimum=0) or pooled_size
     sample_per_part = check_positive_int(sample_per_part, "sample_per_part")
     trans_std = check_finite_number(trans_std, "trans_std")
-    geo = check_roi_input(input, rois, pooled_size, spatial_scale)
+    geo = check_roi_input(input, rois, pooled_size, spatial_scale, all_finite)
     if geo.channels != output_dim * group_size * group_size:
         raise ValueError(f"input must have output_dim * group_size**2 = "
                          f"{output_dim * group_size * group_size} channels, got {geo.channels}")
@@ -328,7 +332,7 @@ def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim
                              f"classes dividing output_dim = {output_dim}, got {tuple(offset.shape)}")
         classes = channels // 2
         check_bin_array(offset, "offset", geo, 2 * classes, (part_size, part_size),
-                        "(R, 2 * classes, part_size, part_size)")
+                        "(R, 2 * classes, part_size, part_size)", all_finite)
     params = PSRoIParams(output_dim, group_size, pooled_size, part_size, sample_per_part,
                          trans_std, bool(no_trans) or offset is None, classes)
     return geo, params

@@ -66,7 +66,8 @@ def test_zero_kernels_with_residual_average_the_sampled_positions(config):
 
 @given(lsdfn_configs(dtypes=("float64",), attentions=("factorized",)))
 def test_factorized_attention_is_eq3_with_the_outer_product(config):
-    """Eq. 4 equals Eq. 3 with 1 + A^{v,a,b}_t[y, x] = (1 + A_sam^v[a,b,y,x])(1 + A_pos^v[y^,x^,t])."""
+    """Eq. 4 equals Eq. 3 with the outer product
+    1 + A^{v,a,b}_t[y, x] = (1 + A_sam^v[a,b,y,x])(1 + A_pos^v[y^,x^,t])."""
     case = make_lsdfn_case(config)
     a = case.arrays
     s2, taps = config.samples ** 2, config.kernel_size ** 2
@@ -81,8 +82,10 @@ def test_factorized_attention_is_eq3_with_the_outer_product(config):
         full[:, :, b * config.samples + sa, :, y, x] = (
             (1 + sam[:, :, b * config.samples + sa, None, y, x]) * (1 + centre_pos) - 1)
     factorized = lsdfn(**case.forward_kwargs())
-    as_full = lsdfn(a["features"], a["u"], a["v"], full_attention=full.reshape(
-        config.batch, config.out_channels * s2 * taps, config.height, config.width), **{**options(case), "attention": "full"})
+    full = full.reshape(config.batch, config.out_channels * s2 * taps, config.height,
+                        config.width)
+    as_full = lsdfn(a["features"], a["u"], a["v"], full_attention=full,
+                    **{**options(case), "attention": "full"})
     np.testing.assert_allclose(factorized, as_full, rtol=1e-11, atol=1e-11)
 
 

@@ -1,0 +1,410 @@
+"""The RoI pooling family (REFERENCE.md section 3) in Numba CUDA kernels, exposed in
+:mod:`refdyn.gpu.numba`: ``roi_align``, ``deform_roi_align``, ``deform_roi_pool`` and
+``deform_ps_roi_pool`` and their ``*_backward``.
+
+The kernels mirror ``roi_pool.cu`` one for one (its header states the equations, the three
+kinds of bins and the backward): every bin averages a separable grid of bilinear samples
+(DCNv1 Eq. 3-4), moved by one shift per bin (DCNv1 Eq. 6) and scaled by one modulation scalar
+(DCNv2 Eq. 2); grad_input is a gather over the bins that read each pixel, the offset and mask
+gradients one thread per (RoI, class, offset cell), so there are no atomics and the results are
+the same on every run.  As in the NumPy reference, sampling points and sums are float64 whatever
+the arrays' dtype.  The checks and the call description are those of
+:mod:`refdyn.gpu._cuda_c_roi`; NumPy arrays in give NumPy arrays out, a Numba device array
+``input`` gives device arrays (RoIs are checked on a host copy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from refdyn.roi_pool_args import RoIPoolGrads
+
+from . import _cuda_c_roi
+from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
+    _split, cuda
+
+__all__ = ["roi_align", "roi_align_backward", "deform_roi_align", "deform_roi_align_backward",
+           "deform_roi_pool", "deform_roi_pool_backward", "deform_ps_roi_pool",
+           "deform_ps_roi_pool_backward"]
+
+# enum RoIKind and enum SampleRule of roi_pool.cu.
+_ALIGN, _EQ5, _OFFICIAL = (_cuda_c_roi.ROI_KINDS[kind] for kind in ("align", "eq5", "official"))
+_ZEROS, _BORDER, _ROI_ALIGN = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------------
+# RoIs, bins and their samples (roi_pool.cu: roi_frame, make_axis, make_bin)
+# geo: the RoIGeometry fields (GEOMETRY_FIELDS of _cuda_c_roi); scales: (spatial_scale, gamma)
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit(device=True)
+def _roi_frame(rois, r, geo, scales):
+    """(n, start_h, start_w, h, w) of RoI r in feature-map pixels, by the rules of its kind."""
+    kind, aligned = geo[8], geo[10]
+    s = scales[0]
+    x1, y1, x2, y2 = float(rois[r, 1]), float(rois[r, 2]), float(rois[r, 3]), float(rois[r, 4])
+    if kind == _ALIGN:  # torchvision: -0.5 when aligned, else sizes >= 1
+        half = 0.5 if aligned else 0.0
+        start_w, start_h = x1 * s - half, y1 * s - half
+        w, h = x2 * s - half - start_w, y2 * s - half - start_h
+        if not aligned:
+            w, h = max(w, 1.0), max(h, 1.0)
+    elif kind == _EQ5:  # p0 = (y1, x1) scale, size (y2 - y1) scale
+        start_h, start_w, h, w = y1 * s, x1 * s, (y2 - y1) * s, (x2 - x1) * s
+    else:  # official: round half to even, end pixel included, sizes >= 0.1
+        start_w, start_h = float(round(x1)) * s - 0.5, float(round(y1)) * s - 0.5
+        w = max((float(round(x2)) + 1.0) * s - 0.5 - start_w, 0.1)
+        h = max((float(round(y2)) + 1.0) * s - 0.5 - start_h, 0.1)
+    return int(rois[r, 0]), start_h, start_w, h, w
+
+
+@cuda.jit(device=True)
+def _axis(geo, start, size, bins, i):
+    """(start, base, bin, count) of the samples of bin i along one axis (roi_pool.cu Axis)."""
+    kind = geo[8]
+    bin_size = size / bins
+    if kind == _ALIGN:  # sampling_ratio, or the adaptive ceil(size / P) (>= 0)
+        count = geo[9] if geo[9] > 0 else max(int(math.ceil(size / bins)), 0)
+        return start, start + i * bin_size, bin_size, count
+    if kind == _EQ5:  # floor(i size/P) <= p < ceil((i + 1) size/P) (Eq. 5)
+        low = float(math.floor(i * size / bins))
+        return start, low, bin_size, max(int(float(math.ceil((i + 1) * size / bins)) - low), 0)
+    return start, i * bin_size + start, bin_size, geo[9]  # official: sample_per_part
+
+
+@cuda.jit(device=True)
+def _at(kind, axis, a):
+    """Sample a of an axis, in the reference's order of operations."""
+    start, base, bin_size, count = axis
+    if kind == _ALIGN:
+        return base + (a + 0.5) * bin_size / count
+    if kind == _EQ5:
+        return start + (base + a)
+    return base + a * (bin_size / count)
+
+
+@cuda.jit(device=True)
+def _cell_of(kind, i, bins, cells):
+    """The offset cell of bin i: i, or floor(i / P part_size) (official)."""
+    if kind != _OFFICIAL:
+        return i
+    return int(math.floor(i / bins * cells))
+
+
+@cuda.jit(device=True)
+def _group_of(group_size, i, bins):
+    """The position-sensitive group min(floor(i gs / P), gs - 1) of bin i."""
+    return min(i * group_size // bins, group_size - 1)
+
+
+@cuda.jit(device=True)
+def _bin(geo, scales, rois, offset, mask, r, o, i, j):
+    """Bin (i, j) of output channel o of RoI r: (n, ys, xs, shift_y, shift_x, dm, channel, rule)."""
+    kind = geo[8]
+    n, start_h, start_w, h, w = _roi_frame(rois, r, geo, scales)
+    ys = _axis(geo, start_h, h, geo[5], i)
+    xs = _axis(geo, start_w, w, geo[6], j)
+    dm = 1.0 if mask is None else float(mask[r, 0, i, j])
+    channel, channel_y, channel_x = o, 1, 0  # mmcv: channel 0 = x
+    rule = _ROI_ALIGN
+    if kind == _EQ5:
+        channel_y, channel_x, rule = 0, 1, _ZEROS  # refdyn's (y, x) order
+    elif kind == _OFFICIAL:
+        c, gs = o // (geo[7] // geo[12]), geo[11]
+        channel_x, channel_y, rule = 2 * c, 2 * c + 1, _BORDER
+        channel = (o * gs + _group_of(gs, i, geo[5])) * gs + _group_of(gs, j, geo[6])
+    shift_y = shift_x = 0.0
+    if offset is not None:  # dp = gamma dp^ o (h, w) (DCNv1 Eq. 6)
+        cell_i, cell_j = _cell_of(kind, i, geo[5], geo[13]), _cell_of(kind, j, geo[6], geo[14])
+        shift_y = float(offset[r, channel_y, cell_i, cell_j]) * (scales[1] * h)
+        shift_x = float(offset[r, channel_x, cell_i, cell_j]) * (scales[1] * w)
+    return n, ys, xs, shift_y, shift_x, dm, channel, rule
+
+
+@cuda.jit(device=True)
+def _counted(rule, v, extent):
+    """Whether a sample coordinate counts: the official rule skips v < -0.5, v > extent - 0.5."""
+    return rule != _BORDER or (v >= -0.5 and v <= extent - 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bilinear sampling along one axis (REFERENCE.md section 1), in float64
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit(device=True)
+def _axis_stencil(rule, v, extent):
+    """(inside, low, high, frac, slope) of one coordinate (roi_pool.cu AxisStencil)."""
+    last = extent - 1.0
+    inside = rule != _ROI_ALIGN or (v >= -1.0 and v <= extent)
+    slope = 1.0
+    if rule == _ZEROS:  # far points read zeros only; keeps floor() in range
+        v = min(max(v, -2.0), extent + 1.0)
+    else:  # clamp into [0, extent - 1]; slope 1 on [0, extent - 1), else 0
+        slope = 1.0 if v >= 0.0 and v < last else 0.0
+        v = min(max(v, 0.0), last)
+    low = int(math.floor(v))
+    high = low + 1 if rule == _ZEROS else min(low + 1, extent - 1)
+    return inside, low, high, v - low, slope
+
+
+@cuda.jit(device=True)
+def _axis_weight(rule, v, q, extent):
+    """The factor of G the coordinate v puts on integer coordinate q (both neighbours may be q)."""
+    inside, low, high, frac, _ = _axis_stencil(rule, v, extent)
+    if not inside:
+        return 0.0
+    return (1.0 - frac if low == q else 0.0) + (frac if high == q else 0.0)
+
+
+@cuda.jit(device=True)
+def _pixel(input, n, ch, qy, qx):
+    """x(q), 0 outside the image (the zeros rule's padding)."""
+    if qy < 0 or qy >= input.shape[2] or qx < 0 or qx >= input.shape[3]:
+        return 0.0
+    return float(input[n, ch, qy, qx])
+
+
+@cuda.jit(device=True)
+def _bilinear(rule, input, n, ch, y, x):
+    """(x(p), d x/d p_y, d x/d p_x) (DCNv1 Eq. 3, Appendix A Eq. 7, right derivatives)."""
+    in_y, y0, y1, ly, slope_y = _axis_stencil(rule, y, input.shape[2])
+    in_x, x0, x1, lx, slope_x = _axis_stencil(rule, x, input.shape[3])
+    if not (in_y and in_x):
+        return 0.0, 0.0, 0.0
+    v00, v01 = _pixel(input, n, ch, y0, x0), _pixel(input, n, ch, y0, x1)
+    v10, v11 = _pixel(input, n, ch, y1, x0), _pixel(input, n, ch, y1, x1)
+    value = ((1.0 - ly) * (1.0 - lx) * v00 + (1.0 - ly) * lx * v01 + ly * (1.0 - lx) * v10
+             + ly * lx * v11)
+    return (value, slope_y * ((1.0 - lx) * (v10 - v00) + lx * (v11 - v01)),
+            slope_x * ((1.0 - ly) * (v01 - v00) + ly * (v11 - v10)))
+
+
+@cuda.jit(device=True)
+def _bin_sums(geo, input, bin):
+    """Sums of x(p), d x/d p_y, d x/d p_x over the counted samples of a bin, and their count."""
+    n, ys, xs, shift_y, shift_x, _, channel, rule = bin
+    kind = geo[8]
+    value = d_y = d_x = 0.0
+    count = 0
+    for a in range(ys[3]):
+        y = _at(kind, ys, a) + shift_y
+        if not _counted(rule, y, geo[2]):
+            continue
+        for b in range(xs[3]):
+            x = _at(kind, xs, b) + shift_x
+            if not _counted(rule, x, geo[3]):
+                continue
+            v, g_y, g_x = _bilinear(rule, input, n, channel, y, x)
+            value += v
+            d_y += g_y
+            d_x += g_x
+            count += 1
+    return value, d_y, d_x, count
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels (roi_pool.cu: forward, grad_input, grad_offset_mask)
+# ---------------------------------------------------------------------------------------------
+
+@cuda.jit
+def _forward_kernel(total, input, rois, offset, mask, output, geo, scales):
+    """y[r, o, i, j] = dm sum x(p) / max(count, 1), one thread per output element."""
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, geo[6])
+        rest, i = _split(rest, geo[5])
+        r, o = _split(rest, geo[7])
+        bin = _bin(geo, scales, rois, offset, mask, r, o, i, j)
+        value, _, _, count = _bin_sums(geo, input, bin)
+        output[r, o, i, j] = bin[5] * (value / max(count, 1))
+
+
+@cuda.jit
+def _grad_input_kernel(total, rois, offset, mask, grad_output, grad_input, geo, scales):
+    """dL/d x[n, ch, q]: go dm / count (sum_a w(q_y, y_a)) (sum_b w(q_x, x_b)) over every bin of
+    every RoI of image n reading channel ch, one thread per input element, in a fixed order."""
+    kind, gs = geo[8], geo[11]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, qx = _split(index, geo[3])
+        rest, qy = _split(rest, geo[2])
+        n, ch = _split(rest, geo[1])
+        o = ch // (gs * gs) if kind == _OFFICIAL else ch
+        total_grad = 0.0
+        for r in range(geo[4]):
+            if int(rois[r, 0]) != n:
+                continue
+            for i in range(geo[5]):
+                for j in range(geo[6]):
+                    bin = _bin(geo, scales, rois, offset, mask, r, o, i, j)
+                    _, ys, xs, shift_y, shift_x, dm, channel, rule = bin
+                    if channel != ch:
+                        continue
+                    weight_y = weight_x = 0.0
+                    count_y = count_x = 0
+                    for a in range(ys[3]):
+                        y = _at(kind, ys, a) + shift_y
+                        if _counted(rule, y, geo[2]):
+                            weight_y += _axis_weight(rule, y, qy, geo[2])
+                            count_y += 1
+                    for b in range(xs[3]):
+                        x = _at(kind, xs, b) + shift_x
+                        if _counted(rule, x, geo[3]):
+                            weight_x += _axis_weight(rule, x, qx, geo[3])
+                            count_x += 1
+                    if count_y * count_x == 0:  # an empty bin pools to 0
+                        continue
+                    total_grad += (float(grad_output[r, o, i, j]) * dm / (count_y * count_x)
+                                   * weight_y * weight_x)
+        grad_input[n, ch, qy, qx] = total_grad
+
+
+@cuda.jit
+def _grad_offset_mask_kernel(total, input, rois, offset, mask, grad_output, grad_offset,
+                             grad_mask, geo, scales):
+    """dL/d offset (dL/d shift o gamma (h, w)) and dL/d dm, one thread per (r, class, cell):
+    the cell's bins and the class's output channels in increasing order."""
+    kind, per_class = geo[8], geo[7] // geo[12]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, cell_j = _split(index, geo[14])
+        rest, cell_i = _split(rest, geo[13])
+        r, c = _split(rest, geo[12])
+        shift_y = shift_x = dm_grad = 0.0
+        for o in range(c * per_class, (c + 1) * per_class):
+            for i in range(geo[5]):
+                if _cell_of(kind, i, geo[5], geo[13]) != cell_i:
+                    continue
+                for j in range(geo[6]):
+                    if _cell_of(kind, j, geo[6], geo[14]) != cell_j:
+                        continue
+                    bin = _bin(geo, scales, rois, offset, mask, r, o, i, j)
+                    value, d_y, d_x, count = _bin_sums(geo, input, bin)
+                    go = float(grad_output[r, o, i, j]) / max(count, 1)
+                    shift_y += go * bin[5] * d_y
+                    shift_x += go * bin[5] * d_x
+                    dm_grad += go * value
+        if grad_offset is not None:  # d shift / d offset = gamma (h, w), shared by the cell
+            _, _, _, h, w = _roi_frame(rois, r, geo, scales)
+            channel_y = 0 if kind == _EQ5 else 1  # x first except for Eq. 6
+            grad_offset[r, 2 * c + channel_y, cell_i, cell_j] = shift_y * scales[1] * h
+            grad_offset[r, 2 * c + 1 - channel_y, cell_i, cell_j] = shift_x * scales[1] * w
+        if grad_mask is not None:
+            grad_mask[r, 0, cell_i, cell_j] = dm_grad
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side
+# ---------------------------------------------------------------------------------------------
+
+def _host_rois(rois):
+    """The RoIs on the host for the batch-index check; anything else as it is."""
+    return rois.copy_to_host() if _is_device_array(rois) else rois
+
+
+def _forward(call, input, rois, offset=None, mask=None):
+    geo = call.geo
+    device = _is_device_array(input)
+    shape = (geo.rois, call.out_channels) + geo.pooled
+    if math.prod(shape) == 0:
+        out = np.zeros(shape, dtype=geo.dtype)
+        return cuda.to_device(out) if device else out
+    out = cuda.device_array(shape, dtype=geo.dtype)
+    _launch(_forward_kernel, math.prod(shape), _on_device(input), _on_device(rois),
+            None if call.no_trans else _on_device(offset), _on_device(mask), out,
+            call.geometry_values(), call.scales())
+    return out if device else out.copy_to_host()
+
+
+def _backward(call, grad_output, input, rois, offset=None, mask=None) -> RoIPoolGrads:
+    _cuda_c_roi.check_backward(call, grad_output)
+    geo = call.geo
+    device = _is_device_array(input)
+    grads = RoIPoolGrads(
+        grad_input=np.zeros(input.shape, dtype=geo.dtype),
+        grad_offset=None if offset is None else np.zeros(offset.shape, dtype=geo.dtype),
+        grad_mask=None if mask is None else np.zeros(mask.shape, dtype=geo.dtype))
+    if geo.rois == 0 or math.prod(input.shape) == 0:
+        return _deliver(device, grads)
+    grads = _deliver(True, grads)
+    moving = None if call.no_trans else _on_device(offset)
+    grad_output, input, rois, mask = map(_on_device, (grad_output, input, rois, mask))
+    values, scales = call.geometry_values(), call.scales()
+    _launch(_grad_input_kernel, math.prod(input.shape), rois, moving, mask, grad_output,
+            grads.grad_input, values, scales)
+    if moving is not None or mask is not None:
+        cells = call.offset_cells
+        _launch(_grad_offset_mask_kernel, geo.rois * call.classes * cells[0] * cells[1], input,
+                rois, moving, mask, grad_output, None if moving is None else grads.grad_offset,
+                grads.grad_mask, values, scales)
+    return _deliver(device, grads)
+
+
+def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """torchvision roi_align on the GPU; as :func:`refdyn.roi_align.roi_align`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
+    return _forward(call, input, rois)
+
+
+def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                       sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
+    """Gradient of :func:`roi_align` (a gather, reproducible); as
+    :func:`refdyn.roi_align.roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
+    return _backward(call, grad_output, input, rois)
+
+
+def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
+                     sampling_ratio=0, gamma=0.1):
+    """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2); as
+    :func:`refdyn.roi_align.deform_roi_align`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+    return _forward(call, input, rois, offset, mask)
+
+
+def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_align` (input, offset, mask); as
+    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+    return _backward(call, grad_output, input, rois, offset, mask)
+
+
+def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
+    """Deformable RoI pooling, DCNv1 Eq. 5-6; as :func:`refdyn.roi_pool.deform_roi_pool`."""
+    call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
+                                gamma, _all_finite)
+    return _forward(call, input, rois, offset)
+
+
+def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
+                             spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
+    """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8); as
+    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
+                                gamma, _all_finite)
+    return _backward(call, grad_output, input, rois, offset)
+
+
+def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1, group_size=1,
+                       pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
+                       no_trans=False):
+    """The official deformable PS RoI pooling; as :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
+                                     group_size, pooled_size, part_size, sample_per_part,
+                                     trans_std, no_trans, _all_finite)
+    return _forward(call, input, rois, offset)
+
+
+def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_scale=1.0,
+                                output_dim=1, group_size=1, pooled_size=7, part_size=0,
+                                sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
+    """Gradients of :func:`deform_ps_roi_pool`; as
+    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
+                                     group_size, pooled_size, part_size, sample_per_part,
+                                     trans_std, no_trans, _all_finite)
+    return _backward(call, grad_output, input, rois, offset)
