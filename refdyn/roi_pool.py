@@ -192,19 +192,26 @@ def deform_roi_pool_literal(input, rois, offset=None, output_size=7, spatial_sca
     """
     geo = check_deform_roi_pool_args(input, rois, offset, output_size, spatial_scale, gamma)
     out = np.zeros((geo.rois, geo.channels) + geo.pooled)
+    for r, n, i, j, points, _ in _eq6_bin_points(geo, rois, offset, spatial_scale, gamma):
+        for c in range(geo.channels):
+            total = sum(sample_point(input[n, c], y, x) for y, x in points)
+            out[r, c, i, j] = total / len(points) if points else 0.0          # / n_ij (Eq. 5)
+    return out.astype(geo.dtype)
+
+
+def _eq6_bin_points(geo, rois, offset, spatial_scale, gamma):
+    """Every bin (r, i, j) with its batch index n, its points p0 + p + dp_ij (Eq. 6) and the
+    offset scale gamma (h, w) that maps dp^_ij to dp_ij."""
     for r in range(geo.rois):
         n, y0, x0, h, w = _dcn_roi(rois[r], spatial_scale)
         for i in range(geo.pooled[0]):
             for j in range(geo.pooled[1]):
                 dy, dx = (0.0, 0.0) if offset is None else (
                     float(offset[r, 0, i, j]) * (gamma * h), float(offset[r, 1, i, j]) * (gamma * w))
-                points = [(y0 + p_y + dy, x0 + p_x + dx)                     # p0 + p + dp_ij
+                points = [(y0 + p_y + dy, x0 + p_x + dx)
                           for p_y in _eq5_span(i, h, geo.pooled[0])
                           for p_x in _eq5_span(j, w, geo.pooled[1])]
-                for c in range(geo.channels):
-                    total = sum(sample_point(input[n, c], y, x) for y, x in points)
-                    out[r, c, i, j] = total / len(points) if points else 0.0  # / n_ij (Eq. 5)
-    return out.astype(geo.dtype)
+                yield r, n, i, j, points, (gamma * h, gamma * w)
 
 
 def deform_roi_pool_backward_literal(grad_output, input, rois, offset=None, output_size=7,
@@ -216,23 +223,16 @@ def deform_roi_pool_backward_literal(grad_output, input, rois, offset=None, outp
     check_grad_output(grad_output, geo, geo.channels)
     grad_input = np.zeros(input.shape)
     grad_offset = None if offset is None else np.zeros(offset.shape)
-    for r in range(geo.rois):
-        n, y0, x0, h, w = _dcn_roi(rois[r], spatial_scale)
-        for i in range(geo.pooled[0]):
-            for j in range(geo.pooled[1]):
-                dy, dx = (0.0, 0.0) if offset is None else (
-                    float(offset[r, 0, i, j]) * (gamma * h), float(offset[r, 1, i, j]) * (gamma * w))
-                points = [(y0 + p_y + dy, x0 + p_x + dx)
-                          for p_y in _eq5_span(i, h, geo.pooled[0])
-                          for p_x in _eq5_span(j, w, geo.pooled[1])]
-                for c in range(geo.channels):
-                    for y, x in points:
-                        go = grad_output[r, c, i, j] / len(points)
-                        scatter_point(grad_input[n, c], y, x, go)
-                        if offset is not None:
-                            d_y, d_x = sample_point_grad(input[n, c], y, x)
-                            grad_offset[r, 0, i, j] += go * d_y * gamma * h       # Eq. 8
-                            grad_offset[r, 1, i, j] += go * d_x * gamma * w
+    for r, n, i, j, points, (scale_y, scale_x) in _eq6_bin_points(geo, rois, offset,
+                                                                  spatial_scale, gamma):
+        for c in range(geo.channels):
+            for y, x in points:
+                go = grad_output[r, c, i, j] / len(points)
+                scatter_point(grad_input[n, c], y, x, go)
+                if offset is not None:
+                    d_y, d_x = sample_point_grad(input[n, c], y, x)
+                    grad_offset[r, 0, i, j] += go * d_y * scale_y                 # Eq. 8
+                    grad_offset[r, 1, i, j] += go * d_x * scale_x
     return _grads_in_dtype(geo.dtype, grad_input, grad_offset)
 
 
