@@ -17,6 +17,7 @@
 #define __forceinline__ inline
 
 using std::ceil;
+using std::exp;
 using std::floor;
 using std::rint;
 

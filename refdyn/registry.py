@@ -158,13 +158,15 @@ DDF = Operator(
 
 
 def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked) -> Operator:
-    """A RoI pooling operator of ``refdyn.<module>`` with cases from ``refdyn.testing.roi_cases``."""
+    """A RoI pooling operator of ``refdyn.<module>`` with cases from ``refdyn.testing.roi_cases``
+    and its GPU mirrors (gpu/roi_pool.cu, gpu/_numba_roi.py)."""
     return Operator(
         name=name, summary=summary, differentiable=differentiable, linear=linear, kinked=kinked,
         implementations={
             "literal": Implementation(f"refdyn.{module}:{name}_literal",
                                       f"refdyn.{module}:{name}_backward_literal"),
             "vectorized": Implementation(f"refdyn.{module}:{name}", f"refdyn.{module}:{name}_backward"),
+            **{backend: _gpu_implementation(backend, name) for backend in GPU_BACKENDS},
         },
         configs=f"refdyn.testing.strategies:{name}_configs",
         make_case="refdyn.testing.roi_cases:make_case",

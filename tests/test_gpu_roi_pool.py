@@ -1,0 +1,242 @@
+"""The GPU mirrors of the RoI pooling family (gpu/roi_pool.cu through refdyn.gpu.host and
+refdyn.gpu.cupy, gpu/_numba_roi.py through refdyn.gpu.numba) against the NumPy reference.
+
+Forward and every gradient of roi_align, deform_roi_align (with and without offsets and mask),
+deform_roi_pool and deform_ps_roi_pool on the fixed example configurations (both dtypes, RoIs
+inside, partly and wholly outside, zero-size and integer RoIs, empty RoI lists), samples on the
+official -0.5 / W - 0.5 skip lines, several launch grids (the gathers are bitwise reproducible),
+device arrays, and the NumPy errors for bad arguments.  The registry-driven tests in
+test_registry_generic.py add Hypothesis-drawn cases.  Sizes stay tiny for Numba's simulator.
+"""
+
+import importlib
+
+import numpy as np
+import pytest
+
+from refdyn.gpu import backend_problem
+from refdyn.registry import OPERATORS
+from refdyn.testing.cases import close_enough, mismatch_report
+from refdyn.testing.roi_cases import ROI_OPERATORS, RoIPoolConfig, make_case, roi_align_examples, \
+    deform_ps_roi_pool_examples, deform_roi_align_examples, deform_roi_pool_examples
+
+EXAMPLES = {"roi_align": roi_align_examples, "deform_roi_align": deform_roi_align_examples,
+            "deform_roi_pool": deform_roi_pool_examples,
+            "deform_ps_roi_pool": deform_ps_roi_pool_examples}
+PS_EXTRA = {"classes": 2, "part_size": 1}
+GRAD_NAMES = ("grad_input", "grad_offset", "grad_mask")
+RUNNABLE = [backend for backend in ("host", "numba") if backend_problem(backend) is None]
+
+
+@pytest.fixture(scope="module", params=["host", "numba"])
+def backend(request):
+    problem = backend_problem(request.param)
+    if problem:
+        pytest.skip(f"{request.param} backend: {problem}")
+    return importlib.import_module(f"refdyn.gpu.{request.param}")
+
+
+def reference(name):
+    return OPERATORS[name].implementation("vectorized").load()
+
+
+def to_numpy(array):
+    return array.copy_to_host() if hasattr(array, "copy_to_host") else array
+
+
+def assert_matches_reference(module, name, case, move=lambda array: array):
+    """Forward and every gradient of ``module`` close to the vectorized reference, same dtypes;
+    ``move`` places the array arguments (device arrays)."""
+    forward, backward = reference(name)
+    dtype = case.grad_output.dtype
+    arrays = {key: None if value is None else move(value) for key, value in case.arrays.items()}
+    output = to_numpy(getattr(module, name)(**arrays, **case.params))
+    expected = forward(**case.forward_kwargs())
+    assert output.dtype == expected.dtype == dtype and output.shape == expected.shape
+    assert close_enough(output, expected, dtype), mismatch_report("output", output, expected, dtype)
+    grads = getattr(module, f"{name}_backward")(move(case.grad_output), **arrays, **case.params)
+    expected_grads = backward(case.grad_output, **case.backward_kwargs())
+    for grad in GRAD_NAMES:
+        actual, wanted = getattr(grads, grad), getattr(expected_grads, grad)
+        assert (actual is None) == (wanted is None), grad
+        if wanted is not None:
+            actual = to_numpy(actual)
+            assert actual.dtype == wanted.dtype and actual.shape == wanted.shape, grad
+            assert close_enough(actual, wanted, dtype), mismatch_report(grad, actual, wanted, dtype)
+
+
+@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_example_configs_match_numpy(backend, name, index):
+    assert_matches_reference(backend, name, make_case(EXAMPLES[name](False)[index]))
+
+
+@pytest.mark.parametrize("kind", ["partly_outside", "outside", "zero_size", "integer"])
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_roi_kinds_with_any_offsets_match_numpy(backend, name, kind):
+    extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
+    config = RoIPoolConfig(operator=name, roi_kind=kind, offset_kind="normal", rois=2,
+                           sampling_ratio=0, dtype="float32" if kind == "integer" else "float64",
+                           seed=11, **extra)
+    assert_matches_reference(backend, name, make_case(config))
+
+
+@pytest.mark.parametrize("with_offset,with_mask", [(False, True), (True, False), (False, False)])
+def test_deform_roi_align_without_offset_or_mask(backend, with_offset, with_mask):
+    config = RoIPoolConfig(operator="deform_roi_align", with_offset=with_offset,
+                           with_mask=with_mask, seed=12)
+    assert_matches_reference(backend, "deform_roi_align", make_case(config))
+
+
+def ps_case(rois, offset, dtype="float64", height=4, width=5):
+    """deform_ps_roi_pool on a 4 x 5 map, group_size 2, 2 x 2 bins, 2 samples per part."""
+    rng = np.random.default_rng(0)
+    input = rng.standard_normal((1, 8, height, width)).astype(dtype)
+    grad_output = rng.standard_normal((len(rois), 2, 2, 2)).astype(dtype)
+    params = {"spatial_scale": 1.0, "output_dim": 2, "group_size": 2, "pooled_size": 2,
+              "part_size": 1, "sample_per_part": 2, "trans_std": 0.1}
+    rois = np.array(rois, dtype=dtype)
+    return input, rois, None if offset is None else np.array(offset, dtype=dtype), grad_output, params
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_official_samples_on_the_skip_lines(backend, dtype):
+    """RoIs starting at x = 0 (first sample at -0.5) and x = W (W - 0.5) put samples exactly on
+    the skip lines, which count; the offset then moves samples across them (4 / 0.1 x 0.1 = 0.5
+    pixel per unit of roi_w = 5 and trans_std 0.1)."""
+    rois = [[0, 0, 0, 4, 3], [0, 5, 4, 5, 4], [0, 0, 0, 0, 0]]
+    offset = [[[[0.0]], [[0.0]]], [[[-2.0]], [[2.0]]], [[[1.0]], [[-1.0]]]]
+    input, rois, offset, grad_output, params = ps_case(rois, offset, dtype)
+    forward, backward = reference("deform_ps_roi_pool")
+    for moved in (None, offset):
+        for no_trans in (False, True):
+            output = backend.deform_ps_roi_pool(input, rois, moved, **params, no_trans=no_trans)
+            expected = forward(input, rois, moved, **params, no_trans=no_trans)
+            assert close_enough(output, expected, dtype), mismatch_report("out", output, expected, dtype)
+            grads = backend.deform_ps_roi_pool_backward(grad_output, input, rois, moved, **params,
+                                                        no_trans=no_trans)
+            wanted = backward(grad_output, input, rois, moved, **params, no_trans=no_trans)
+            for name in ("grad_input", "grad_offset"):
+                a, e = getattr(grads, name), getattr(wanted, name)
+                assert (a is None) == (e is None)
+                assert e is None or close_enough(a, e, dtype), mismatch_report(name, a, e, dtype)
+
+
+LAUNCHERS = {"refdyn.gpu.host": ("refdyn.gpu.host", "launch"),
+             "refdyn.gpu.numba": ("refdyn.gpu._numba_roi", "_launch")}
+
+
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_empty_roi_list_and_empty_batch_launch_nothing(backend, name, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("launched a kernel")
+    module, launcher = LAUNCHERS[backend.__name__]
+    monkeypatch.setattr(importlib.import_module(module), launcher, refuse)
+    extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
+    for config in (RoIPoolConfig(operator=name, rois=0, **extra),
+                   RoIPoolConfig(operator=name, rois=0, batch=0, **extra)):
+        case = make_case(config)
+        output = getattr(backend, name)(**case.forward_kwargs())
+        assert output.shape == case.grad_output.shape and output.dtype == case.grad_output.dtype
+        grads = getattr(backend, f"{name}_backward")(case.grad_output, **case.backward_kwargs())
+        assert not np.any(grads.grad_input) and grads.grad_input.shape == case.arrays["input"].shape
+
+
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_host_gradients_are_bitwise_reproducible_on_any_grid(name):
+    if "host" not in RUNNABLE:
+        pytest.skip("host backend not available")
+    host = importlib.import_module("refdyn.gpu.host")
+    extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
+    case = make_case(RoIPoolConfig(operator=name, batch=2, rois=4, offset_kind="normal",
+                                   dtype="float32", seed=13, **extra))
+    saved = host.GRID_BLOCKS, host.BLOCK_THREADS
+    runs = []
+    try:
+        for grid in ((1, 1), (2, 3), (5, 7)):
+            host.GRID_BLOCKS, host.BLOCK_THREADS = grid
+            runs.append(getattr(host, f"{name}_backward")(case.grad_output, **case.backward_kwargs()))
+    finally:
+        host.GRID_BLOCKS, host.BLOCK_THREADS = saved
+    for run in runs[1:]:
+        for grad in GRAD_NAMES:
+            a, b = getattr(run, grad), getattr(runs[0], grad)
+            assert (a is None and b is None) or np.array_equal(a, b), grad
+
+
+def bad_arguments(name):
+    """(arguments, params) of calls the NumPy reference rejects."""
+    extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
+    case = make_case(RoIPoolConfig(operator=name, rois=2, **extra))
+    arrays, params = case.arrays, case.params
+    bad_index = arrays["rois"].copy()
+    bad_index[0, 0] = 3
+    nonfinite = arrays["rois"].copy()
+    nonfinite[1, 3] = np.nan
+    problems = {"batch index out of range": ({**arrays, "rois": bad_index}, params),
+                "non-finite rois": ({**arrays, "rois": nonfinite}, params),
+                "rois of 4 columns": ({**arrays, "rois": arrays["rois"][:, :4].copy()}, params),
+                "float32 rois": ({**arrays, "rois": arrays["rois"].astype(np.float32)}, params)}
+    if "offset" in arrays:
+        problems["offset of a wrong shape"] = ({**arrays, "offset": arrays["offset"][:1].copy()}, params)
+    if name == "deform_ps_roi_pool":
+        problems["sample_per_part 0"] = (arrays, {**params, "sample_per_part": 0})
+    else:
+        problems["output_size 0"] = (arrays, {**params, "output_size": 0})
+    return case, problems
+
+
+def raised(function, *args, **kwargs):
+    try:
+        function(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        return type(error), str(error)
+    return None
+
+
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_bad_arguments_raise_the_numpy_errors(backend, name):
+    forward, backward = reference(name)
+    case, problems = bad_arguments(name)
+    for problem, (arrays, params) in problems.items():
+        expected = raised(forward, **arrays, **params)
+        assert expected is not None, problem
+        assert raised(getattr(backend, name), **arrays, **params) == expected, problem
+        assert raised(getattr(backend, f"{name}_backward"), case.grad_output, **arrays,
+                      **params) == raised(backward, case.grad_output, **arrays, **params), problem
+    wrong = case.grad_output[:, :1].copy()
+    assert raised(getattr(backend, f"{name}_backward"), wrong, **case.backward_kwargs()) \
+        == raised(backward, wrong, **case.backward_kwargs()) != None  # noqa: E711
+
+
+@pytest.mark.skipif("numba" not in RUNNABLE, reason="numba backend not available")
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_numba_device_arrays_in_and_out(name):
+    nb = importlib.import_module("refdyn.gpu.numba")
+    cuda = importlib.import_module("numba.cuda")
+    extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
+    case = make_case(RoIPoolConfig(operator=name, rois=2, dtype="float32", seed=14, **extra))
+    assert cuda.devicearray.is_cuda_ndarray(getattr(nb, name)(
+        **{key: None if value is None else cuda.to_device(value)
+           for key, value in case.arrays.items()}, **case.params))
+    assert_matches_reference(nb, name, case, cuda.to_device)
+    nonfinite = case.arrays["rois"].copy()
+    nonfinite[0, 1] = np.inf
+    with pytest.raises(ValueError, match="rois must be finite"):
+        getattr(nb, name)(**{**case.arrays, "rois": cuda.to_device(nonfinite)}, **case.params)
+
+
+@pytest.mark.skipif(backend_problem("cupy") is not None,
+                    reason=f"cupy backend: {backend_problem('cupy')}")
+@pytest.mark.parametrize("name", ROI_OPERATORS)
+def test_cupy_matches_numpy_with_numpy_and_device_arrays(name):
+    cp_backend = importlib.import_module("refdyn.gpu.cupy")
+    cupy = importlib.import_module("cupy")
+    for config in EXAMPLES[name](True):
+        assert_matches_reference(cp_backend, name, make_case(config))
+    case = make_case(EXAMPLES[name](False)[1])
+    output = getattr(cp_backend, name)(**{key: None if value is None else cupy.asarray(value)
+                                          for key, value in case.arrays.items()}, **case.params)
+    assert isinstance(output, cupy.ndarray)
+    expected = reference(name)[0](**case.forward_kwargs())
+    assert close_enough(cupy.asnumpy(output), expected, expected.dtype)
