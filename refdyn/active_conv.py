@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from ._checks import check_finite, check_float_array, check_shape, numpy_all_finite
-from .bilinear import check_boundary, check_coord_grad, sample_point, sample_point_grad, \
+from .bilinear import check_coord_grad, sample_point, sample_point_grad, \
     scatter_point
 from .deform_conv import deform_conv2d, deform_conv2d_backward
 from .deform_conv_args import check_conv_args

@@ -3,7 +3,7 @@ convolution, the two boundary rules, the two gradient routes, the training helpe
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
 
 from refdyn import deform_conv2d, deform_conv2d_backward
 from refdyn.active_conv import active_conv2d, active_conv2d_backward, \
