@@ -5,6 +5,11 @@ one row per operator and backend: the largest forward and backward errors agains
 reference (scaled by the largest expected magnitude), the finite-difference check and the
 largest adjoint (dot-product) residual.  Backends that cannot run here are named with the
 reason.  The exit status is 1 if any check fails.
+
+``refdyn validate TARGET`` compares another implementation (ONNX Runtime, the ONNX reference
+evaluator, torchvision) with refdyn per operator and configuration class, reports documented
+convention differences apart, and exits with 1 on any real disagreement
+(:mod:`refdyn.validate`).  A target that is not installed is reported, not failed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from . import __version__
 from .checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
 from .registry import BACKENDS, OPERATORS, REFERENCE_BACKEND, Operator, load
+from .testing.targets import DEFAULT_EXAMPLES, TARGETS
 
 #: Entries per input the finite-difference check perturbs on the slow (non-reference) backends.
 FD_ENTRIES_SLOW_BACKENDS = 6
@@ -142,6 +148,15 @@ def command_check(args) -> int:
     return 1 if failed else 0
 
 
+def command_validate(args) -> int:
+    from .validate import format_text, validate, write_reports   # needs hypothesis
+
+    report = validate(TARGETS[args.target], args.max_examples)
+    print(format_text(report))
+    write_reports(report, args.json, args.markdown)
+    return 1 if report.disagreements else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="refdyn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"refdyn {__version__}")
@@ -153,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--operator", action="append", choices=sorted(OPERATORS),
                        help="only this operator (repeatable)")
     check.set_defaults(run=command_check)
+    validate = commands.add_parser(
+        "validate", help="compare another implementation with refdyn (conformance report)")
+    validate.add_argument("target", choices=sorted(TARGETS))
+    validate.add_argument("--max-examples", type=int, default=DEFAULT_EXAMPLES,
+                          help=f"examples per configuration class (default {DEFAULT_EXAMPLES})")
+    validate.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    validate.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    validate.set_defaults(run=command_validate)
     return parser
 
 
