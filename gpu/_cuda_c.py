@@ -1,6 +1,6 @@
 """The launch sequence of the CUDA C kernels in ``deform_conv.cu``, shared by two backends
-(``ddf.cu`` and ``roi_pool.cu`` have their own in :mod:`refdyn.gpu._cuda_c_ddf` and
-:mod:`refdyn.gpu._cuda_c_roi`; the file table is here).
+(``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` have their own in :mod:`refdyn.gpu._cuda_c_ddf`,
+:mod:`refdyn.gpu._cuda_c_roi` and :mod:`refdyn.gpu._cuda_c_lsdfn`; the file table is here).
 
 :mod:`refdyn.gpu.cupy` runs the kernels on a GPU with CuPy arrays; :mod:`refdyn.gpu.host` runs
 the same source on the CPU with NumPy arrays.  Both call :func:`forward` and :func:`backward`
@@ -37,7 +37,8 @@ KERNEL_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: (``<prefix>_...``).  Each file is a translation unit of its own (with its own ``struct``
 #: of sizes), so each is compiled into its own CuPy module or host library; the launchers pick
 #: the file from the kernel's name with :func:`source_of`.
-KERNEL_SOURCES = {"deform_conv": "deform_conv.cu", "ddf": "ddf.cu", "roi": "roi_pool.cu"}
+KERNEL_SOURCES = {"deform_conv": "deform_conv.cu", "ddf": "ddf.cu", "roi": "roi_pool.cu",
+                  "lsdfn": "lsdfn.cu", "dfn": "lsdfn.cu", "mimic": "mimic_loss.cu"}
 
 
 def source_of(kernel: str) -> str:

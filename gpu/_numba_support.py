@@ -61,12 +61,15 @@ def _launch(kernel, total, *args):
 
 
 def _all_finite(array) -> bool:
-    """Finiteness test for the argument checks: a kernel for device arrays, NumPy otherwise."""
+    """Finiteness test for the argument checks: a kernel for device arrays (viewed as 4-D when
+    they have another rank, e.g. LS-DFN's 5-D and 7-D inputs), NumPy otherwise."""
     if not _is_device_array(array):
         return bool(np.isfinite(array).all())
     total = math.prod(array.shape)
     if total == 0:
         return True
+    if len(array.shape) != 4:
+        array = array.reshape(1, 1, 1, total)
     found = cuda.to_device(np.zeros(1, dtype=np.int32))
     _launch(_find_nonfinite_kernel, total, array, found)
     return not found.copy_to_host()[0]

@@ -1,5 +1,5 @@
-"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu`` and ``roi_pool.cu`` on a GPU via CuPy
-(importable as ``refdyn.gpu.cupy``).
+"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` on a
+GPU via CuPy (importable as ``refdyn.gpu.cupy``).
 
 Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
 functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
@@ -26,7 +26,14 @@ from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
 
 from refdyn.roi_pool_args import RoIPoolGrads
 
-from . import _cuda_c, _cuda_c_ddf, _cuda_c_roi
+from refdyn.lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads, check_dfn_args, \
+    check_grad_output, check_lsdfn_args, check_lsdfn_sample_args
+
+from refdyn._checks import check_float_array as _check_float_array
+from refdyn.mimic_loss import MimicLossGrads, check_mimic_loss_args
+
+from . import _cuda_c, _cuda_c_ddf, _cuda_c_lsdfn, _cuda_c_roi
+from . import _cuda_c_mimic
 
 #: Launch configuration: threads per block, and a cap on the blocks (the kernels' grid-stride
 #: loops cover any remaining elements).
@@ -71,7 +78,8 @@ def _like_input(array, input):
 
 
 def _grads_like_input(grads, input):
-    """Each gradient of a DeformConvGrads, ActiveConvGrads, DDFGrads or RoIPoolGrads passed through
+    """Each gradient of a DeformConvGrads, ActiveConvGrads, DDFGrads, RoIPoolGrads or an LS-DFN /
+    DFN record passed through
     :func:`_like_input`."""
     return type(grads)(**{name: _like_input(value, input) for name, value in vars(grads).items()})
 
@@ -264,3 +272,99 @@ def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_s
                                      group_size, pooled_size, part_size, sample_per_part,
                                      trans_std, no_trans, _all_finite)
     return _roi_backward(call, grad_output, input, rois, offset)
+
+
+# --- LS-DFN (paper 000) and DFN (lsdfn.cu, launched by _cuda_c_lsdfn) ---------------------------
+
+
+def dfn(features, filters, kernel_size, softmax=False):
+    """Dynamic local filtering (Dynamic Filter Networks) on the GPU (lsdfn.cu); as
+    :func:`refdyn.dynamic_filter_networks.dfn`, NumPy or CuPy arrays (a CuPy result when
+    ``features`` is one)."""
+    geo, per_channel = check_dfn_args(features, filters, kernel_size, softmax,
+                                      all_finite=_all_finite)
+    output = _cuda_c_lsdfn.dfn_forward(cupy, launch, geo, per_channel,
+                                       *_to_device(features, filters), softmax)
+    return _like_input(output, features)
+
+
+def dfn_backward(grad_output, features, filters, kernel_size, softmax=False) -> DFNGrads:
+    """Both gradients of :func:`dfn` on the GPU (gathers: reproducible); as
+    :func:`refdyn.dynamic_filter_networks.dfn_backward`."""
+    geo, per_channel = check_dfn_args(features, filters, kernel_size, softmax,
+                                      all_finite=_all_finite)
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C, H, W)")
+    grads = _cuda_c_lsdfn.dfn_backward(cupy, launch, geo, per_channel,
+                                       *_to_device(grad_output, features, filters), softmax)
+    return _grads_like_input(grads, features)
+
+
+def lsdfn_sample(features, kernels, samples, gamma, kernel_size, indexing="centred"):
+    """LS-DFN's Eq. 2 on the GPU; as :func:`refdyn.large_sampling_dynamic_filter.lsdfn_sample`."""
+    geo = check_lsdfn_sample_args(features, kernels, samples, gamma, kernel_size, indexing,
+                                  all_finite=_all_finite)
+    output = _cuda_c_lsdfn.sample_forward(cupy, launch, geo, *_to_device(features, kernels))
+    return _like_input(output, features)
+
+
+def lsdfn_sample_backward(grad_output, features, kernels, samples, gamma, kernel_size,
+                          indexing="centred") -> LSDFNSampleGrads:
+    """Both gradients of :func:`lsdfn_sample` on the GPU (gathers); as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn_sample_backward`."""
+    geo = check_lsdfn_sample_args(features, kernels, samples, gamma, kernel_size, indexing,
+                                  all_finite=_all_finite)
+    check_grad_output(grad_output, geo.sample_output_shape, geo.dtype, "(N, s*s, C', H, W)")
+    grads = _cuda_c_lsdfn.sample_backward(cupy, launch, geo,
+                                          *_to_device(grad_output, features, kernels))
+    return _grads_like_input(grads, features)
+
+
+def lsdfn(features, u, v, sample_attention=None, position_attention=None, full_attention=None,
+          *, samples, gamma, kernel_size, residual=True, attention="factorized", fuse="sum",
+          indexing="centred", kernel_form="described"):
+    """LS-DFN, Eq. 4-7 end to end, on the GPU; as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn`."""
+    inputs = (features, u, v, sample_attention, position_attention, full_attention)
+    geo = check_lsdfn_args(*inputs, samples, gamma, kernel_size, residual, attention, fuse,
+                           indexing, kernel_form, all_finite=_all_finite)
+    options = dict(residual=residual, kernel_form=kernel_form, attention=attention, fuse=fuse)
+    output = _cuda_c_lsdfn.forward(cupy, launch, geo, options, _to_device(*inputs))
+    return _like_input(output, features)
+
+
+def lsdfn_backward(grad_output, features, u, v, sample_attention=None, position_attention=None,
+                   full_attention=None, *, samples, gamma, kernel_size, residual=True,
+                   attention="factorized", fuse="sum", indexing="centred",
+                   kernel_form="described") -> LSDFNGrads:
+    """Every gradient of :func:`lsdfn` on the GPU (gathers: reproducible); as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn_backward`."""
+    inputs = (features, u, v, sample_attention, position_attention, full_attention)
+    geo = check_lsdfn_args(*inputs, samples, gamma, kernel_size, residual, attention, fuse,
+                           indexing, kernel_form, all_finite=_all_finite)
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C', H, W)")
+    options = dict(residual=residual, kernel_form=kernel_form, attention=attention, fuse=fuse)
+    device_grad_output, *device_inputs = _to_device(grad_output, *inputs)
+    grads = _cuda_c_lsdfn.backward(cupy, launch, geo, options, device_grad_output, device_inputs)
+    return _grads_like_input(grads, features)
+
+
+# --- DCNv2's R-CNN feature mimic loss (mimic_loss.cu, launched by _cuda_c_mimic) --------------
+
+
+def mimic_loss(features, target, eps=1e-8):
+    """DCNv2's mimic loss sum_b [1 - cos(features[b], target[b])] on the GPU (mimic_loss.cu); as
+    :func:`refdyn.mimic_loss.mimic_loss`, NumPy or CuPy arrays (a 0-d CuPy result when
+    ``features`` is one)."""
+    dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)
+    loss = _cuda_c_mimic.forward(cupy, launch, dtype, *_to_device(features, target), eps)
+    return _like_input(loss, features)
+
+
+def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
+    """Both gradients of :func:`mimic_loss` on the GPU (one thread per element, no atomics:
+    reproducible); as :func:`refdyn.mimic_loss.mimic_loss_backward`."""
+    dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)
+    _check_float_array(grad_output, "grad_output", 0, dtype)
+    grads = _cuda_c_mimic.backward(cupy, launch, dtype,
+                                   *_to_device(grad_output, features, target), eps)
+    return _grads_like_input(grads, features)

@@ -1,5 +1,5 @@
-"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu`` and ``roi_pool.cu`` run on the CPU
-(importable as ``refdyn.gpu.host``).
+"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` run on
+the CPU (importable as ``refdyn.gpu.host``).
 
 The very same sources the GPU backend compiles are built by the host C++ compiler
 (``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, each file into a
@@ -36,7 +36,14 @@ from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
 
 from refdyn.roi_pool_args import RoIPoolGrads
 
-from . import _cuda_c, _cuda_c_ddf, _cuda_c_roi, host_compiler
+from refdyn.lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads, check_dfn_args, \
+    check_grad_output, check_lsdfn_args, check_lsdfn_sample_args
+
+from refdyn._checks import check_float_array as _check_float_array
+from refdyn.mimic_loss import MimicLossGrads, check_mimic_loss_args
+
+from . import _cuda_c, _cuda_c_ddf, _cuda_c_lsdfn, _cuda_c_roi, host_compiler
+from . import _cuda_c_mimic
 
 #: The grid each kernel is launched on: a few blocks of a few threads, so that every thread
 #: strides over several elements (any values are correct; tests vary them).
@@ -318,3 +325,86 @@ def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_s
     call = _cuda_c_roi.official_call(input, rois, offset, spatial_scale, output_dim, group_size,
                                      pooled_size, part_size, sample_per_part, trans_std, no_trans)
     return _roi_backward(call, grad_output, input, rois, offset)
+
+
+# --- LS-DFN (paper 000) and DFN (lsdfn.cu, launched by _cuda_c_lsdfn) ---------------------------
+
+
+def dfn(features, filters, kernel_size, softmax=False):
+    """Dynamic local filtering (Dynamic Filter Networks), the kernels of lsdfn.cu run on the CPU;
+    as :func:`refdyn.dynamic_filter_networks.dfn`."""
+    geo, per_channel = check_dfn_args(features, filters, kernel_size, softmax)
+    return _cuda_c_lsdfn.dfn_forward(np, launch, geo, per_channel,
+                                     *map(_contiguous, (features, filters)), softmax)
+
+
+def dfn_backward(grad_output, features, filters, kernel_size, softmax=False) -> DFNGrads:
+    """Both gradients of :func:`dfn` (gathers), run on the CPU; as
+    :func:`refdyn.dynamic_filter_networks.dfn_backward`."""
+    geo, per_channel = check_dfn_args(features, filters, kernel_size, softmax)
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C, H, W)")
+    return _cuda_c_lsdfn.dfn_backward(np, launch, geo, per_channel, *map(
+        _contiguous, (grad_output, features, filters)), softmax)
+
+
+def lsdfn_sample(features, kernels, samples, gamma, kernel_size, indexing="centred"):
+    """LS-DFN's Eq. 2, run on the CPU; as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn_sample`."""
+    geo = check_lsdfn_sample_args(features, kernels, samples, gamma, kernel_size, indexing)
+    return _cuda_c_lsdfn.sample_forward(np, launch, geo, *map(_contiguous, (features, kernels)))
+
+
+def lsdfn_sample_backward(grad_output, features, kernels, samples, gamma, kernel_size,
+                          indexing="centred") -> LSDFNSampleGrads:
+    """Both gradients of :func:`lsdfn_sample` (gathers), run on the CPU; as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn_sample_backward`."""
+    geo = check_lsdfn_sample_args(features, kernels, samples, gamma, kernel_size, indexing)
+    check_grad_output(grad_output, geo.sample_output_shape, geo.dtype, "(N, s*s, C', H, W)")
+    return _cuda_c_lsdfn.sample_backward(np, launch, geo, *map(
+        _contiguous, (grad_output, features, kernels)))
+
+
+def lsdfn(features, u, v, sample_attention=None, position_attention=None, full_attention=None,
+          *, samples, gamma, kernel_size, residual=True, attention="factorized", fuse="sum",
+          indexing="centred", kernel_form="described"):
+    """LS-DFN, Eq. 4-7 end to end, run on the CPU; as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn`."""
+    inputs = (features, u, v, sample_attention, position_attention, full_attention)
+    geo = check_lsdfn_args(*inputs, samples, gamma, kernel_size, residual, attention, fuse,
+                           indexing, kernel_form)
+    options = dict(residual=residual, kernel_form=kernel_form, attention=attention, fuse=fuse)
+    return _cuda_c_lsdfn.forward(np, launch, geo, options, list(map(_contiguous, inputs)))
+
+
+def lsdfn_backward(grad_output, features, u, v, sample_attention=None, position_attention=None,
+                   full_attention=None, *, samples, gamma, kernel_size, residual=True,
+                   attention="factorized", fuse="sum", indexing="centred",
+                   kernel_form="described") -> LSDFNGrads:
+    """Every gradient of :func:`lsdfn` (gathers), run on the CPU; as
+    :func:`refdyn.large_sampling_dynamic_filter.lsdfn_backward`."""
+    inputs = (features, u, v, sample_attention, position_attention, full_attention)
+    geo = check_lsdfn_args(*inputs, samples, gamma, kernel_size, residual, attention, fuse,
+                           indexing, kernel_form)
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C', H, W)")
+    options = dict(residual=residual, kernel_form=kernel_form, attention=attention, fuse=fuse)
+    return _cuda_c_lsdfn.backward(np, launch, geo, options, _contiguous(grad_output),
+                                  list(map(_contiguous, inputs)))
+
+
+# --- DCNv2's R-CNN feature mimic loss (mimic_loss.cu, launched by _cuda_c_mimic) --------------
+
+
+def mimic_loss(features, target, eps=1e-8):
+    """DCNv2's mimic loss sum_b [1 - cos(features[b], target[b])], the kernels of mimic_loss.cu
+    run on the CPU; as :func:`refdyn.mimic_loss.mimic_loss` (a 0-d array of the dtype)."""
+    dtype = check_mimic_loss_args(features, target, eps)
+    return _cuda_c_mimic.forward(np, launch, dtype, *map(_contiguous, (features, target)), eps)
+
+
+def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
+    """Both gradients of :func:`mimic_loss` (one thread per element, no atomics), run on the
+    CPU; as :func:`refdyn.mimic_loss.mimic_loss_backward`."""
+    dtype = check_mimic_loss_args(features, target, eps)
+    _check_float_array(grad_output, "grad_output", 0, dtype)
+    return _cuda_c_mimic.backward(np, launch, dtype, *map(
+        _contiguous, (grad_output, features, target)), eps)

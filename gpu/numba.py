@@ -2,8 +2,9 @@
 DDF operation (:func:`ddf`, :func:`ddf_backward`, whose kernels live in
 :mod:`refdyn.gpu._numba_ddf`) and the RoI pooling family (:func:`roi_align`,
 :func:`deform_roi_align`, :func:`deform_roi_pool`, :func:`deform_ps_roi_pool` and their
-``*_backward``, in :mod:`refdyn.gpu._numba_roi`); the import guard and host helpers they use
-are in :mod:`refdyn.gpu._numba_support`).
+``*_backward``, in :mod:`refdyn.gpu._numba_roi`), LS-DFN and DFN (:func:`lsdfn_sample`,
+:func:`lsdfn`, :func:`dfn` and their ``*_backward``, in :mod:`refdyn.gpu._numba_lsdfn`); the
+import guard and host helpers they use are in :mod:`refdyn.gpu._numba_support`).
 
 The same functions, arguments, errors and results as :mod:`refdyn.deform_conv`, computed by
 ``@cuda.jit`` kernels.  Without a GPU they run under Numba's CUDA simulator
@@ -48,6 +49,9 @@ from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
 from ._numba_ddf import ddf, ddf_backward
+from ._numba_mimic import mimic_loss, mimic_loss_backward
+from ._numba_lsdfn import dfn, dfn_backward, lsdfn, lsdfn_backward, lsdfn_sample, \
+    lsdfn_sample_backward
 from ._numba_roi import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_align, \
     deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, roi_align, \
     roi_align_backward
@@ -57,7 +61,9 @@ from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _o
 __all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
            "ddf", "ddf_backward", "roi_align", "roi_align_backward", "deform_roi_align",
            "deform_roi_align_backward", "deform_roi_pool", "deform_roi_pool_backward",
-           "deform_ps_roi_pool", "deform_ps_roi_pool_backward"]
+           "deform_ps_roi_pool", "deform_ps_roi_pool_backward", "dfn", "dfn_backward",
+           "lsdfn_sample", "lsdfn_sample_backward", "lsdfn", "lsdfn_backward", "mimic_loss",
+           "mimic_loss_backward"]
 
 #: Pixel counts summed by one thread of the prefix sums of the deterministic grad_input.
 _SCAN_CHUNK = 64

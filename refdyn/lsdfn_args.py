@@ -190,7 +190,8 @@ def check_lsdfn_sample_args(features, kernels, samples, gamma, kernel_size, inde
                          gamma, indexing, dtype)
 
 
-def check_kernel_parts(u, v, kernel_size, residual, kernel_form, dtype=None):
+def check_kernel_parts(u, v, kernel_size, residual, kernel_form, dtype=None,
+                       all_finite: Callable = numpy_all_finite):
     """Validate Eq. 6's U and V (and the options that shape the kernels); returns
     (N, C', C, H, W) read from u."""
     kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -205,8 +206,8 @@ def check_kernel_parts(u, v, kernel_size, residual, kernel_form, dtype=None):
     check_float_array(v, "v", 5, dtype)
     check_shape(v, "v", (batch, out_channels, kernel_size * kernel_size, height, width),
                 "(N, C', k*k, H, W)")
-    check_finite(u, "u", numpy_all_finite)
-    check_finite(v, "v", numpy_all_finite)
+    check_finite(u, "u", all_finite)
+    check_finite(v, "v", all_finite)
     return batch, out_channels, channels, height, width
 
 
@@ -220,7 +221,7 @@ def check_lsdfn_args(features, u, v, sample_attention, position_attention, full_
     _check_choice(fuse, "fuse", FUSES)
     dtype, (batch, channels, height, width) = _check_features(features)
     out_channels = int(u.shape[1]) if len(getattr(u, "shape", ())) == 5 else 0
-    check_kernel_parts(u, v, kernel_size, residual, kernel_form, dtype)
+    check_kernel_parts(u, v, kernel_size, residual, kernel_form, dtype, all_finite)
     check_shape(u, "u", (batch, out_channels, channels, height, width), "(N, C', C, H, W)")
     wanted = {"factorized": ("sample_attention", "position_attention"),
               "full": ("full_attention",), None: ()}[attention]
@@ -242,7 +243,8 @@ def check_lsdfn_args(features, u, v, sample_attention, position_attention, full_
                          gamma, indexing, dtype)
 
 
-def check_dfn_args(features, filters, kernel_size, softmax) -> tuple[LSDFNGeometry, bool]:
+def check_dfn_args(features, filters, kernel_size, softmax,
+                   all_finite: Callable = numpy_all_finite) -> tuple[LSDFNGeometry, bool]:
     """Validate the arguments of ``dfn``; returns the geometry (one sample, centred) and whether
     each channel has its own filters (filters (N, C*k*k, H, W)) or all share them (N, k*k, H, W)."""
     kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -255,7 +257,7 @@ def check_dfn_args(features, filters, kernel_size, softmax) -> tuple[LSDFNGeomet
     check_shape(filters, "filters", (batch, channels * taps if per_channel else taps, height,
                                      width),
                 "(N, k*k, H, W) or (N, C*k*k, H, W)" if per_channel else "(N, k*k, H, W)")
-    check_finite(filters, "filters", numpy_all_finite)
+    check_finite(filters, "filters", all_finite)
     return LSDFNGeometry(batch, channels, channels, height, width, kernel_size, 1, 1,
                          "centred", dtype), per_channel
 

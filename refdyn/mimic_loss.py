@@ -31,14 +31,16 @@ class MimicLossGrads:
     grad_target: object
 
 
-def check_mimic_loss_args(features, target, eps):
+def check_mimic_loss_args(features, target, eps, all_finite=numpy_all_finite):
+    """Check the arguments of one call and return their dtype; ``all_finite(array) -> bool``
+    lets a GPU backend test finiteness on its own device arrays."""
     if not hasattr(features, "shape") or len(features.shape) < 1:
         raise ValueError("features must be an array of shape (R, ...), one row of features per RoI")
     dtype = check_float_array(features, "features", len(features.shape))
     check_float_array(target, "target", len(features.shape), dtype)
     check_shape(target, "target", features.shape, "features.shape")
-    check_finite(features, "features", numpy_all_finite)
-    check_finite(target, "target", numpy_all_finite)
+    check_finite(features, "features", all_finite)
+    check_finite(target, "target", all_finite)
     if not isinstance(eps, (float, int)) or isinstance(eps, bool) or not eps > 0:
         raise ValueError(f"eps must be a number > 0, got {eps!r}")
     return dtype

@@ -299,7 +299,8 @@ def test_host_build_is_cached_per_source_and_rebuilt_when_ddf_cu_or_the_header_c
         p.name for p in (first, second, third))
 
 
-@pytest.mark.parametrize("source", ["deform_conv.cu", "ddf.cu", "roi_pool.cu"])
+@pytest.mark.parametrize("source", ["deform_conv.cu", "ddf.cu", "roi_pool.cu",
+                                    "mimic_loss.cu"])
 def test_kernel_source_compiles_without_warnings_on_the_host(tmp_path, source):
     result = subprocess.run(
         [host_compiler(), *host.COMPILE_FLAGS, "-Wall", "-Wextra", "-Werror", "-x", "c++",
@@ -317,6 +318,8 @@ EXPECTED_KERNELS = {
         "forward", "grad_features", "grad_spatial_filter", "grad_channel_filter")},
     "roi_pool.cu": {f"roi_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
         "forward", "grad_input", "grad_offset_mask")},
+    "mimic_loss.cu": {f"mimic_{name}_{suffix}" for suffix in ("f32", "f64")
+                      for name in ("rows", "sum", "backward")},
 }
 
 

@@ -205,8 +205,11 @@ def test_max_fusion_sends_the_gradient_to_the_picked_sample_only(config):
 @given(config=lsdfn_configs(dtypes=("float64",), fuses=("sum",), max_extent=4))
 def test_sum_fusion_is_affine_in_every_input(name, config):
     """The dot-product test for the inputs the registry cannot list (max fusion is not affine
-    in them).  Both backends are NumPy, so they always load."""
-    forward, backward = LSDFN.implementation(name).load()
+    in them), on every backend this machine can run."""
+    implementation = LSDFN.implementation(name)
+    if implementation.problem():
+        pytest.skip(f"{name} backend not available: {implementation.problem()}")
+    forward, backward = implementation.load()
     case = make_lsdfn_case(config)
     arrays = {key: value for key, value in case.arrays.items() if value is not None}
     for key in arrays:

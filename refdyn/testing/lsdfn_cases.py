@@ -186,3 +186,82 @@ def dfn_example_configs(thorough: bool = False) -> list[DFNConfig]:
                               seed=4),
                     DFNConfig(height=1, width=1, kernel_size=3, softmax=True, seed=5)]
     return configs
+
+
+# --- For the mirrors of other backends: every example case, bad arguments and their errors -----
+
+def references():
+    """The NumPy reference (forward, backward) of dfn, lsdfn_sample and lsdfn, by name."""
+    from ..dynamic_filter_networks import dfn, dfn_backward
+    from ..large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_sample, \
+        lsdfn_sample_backward
+    return {"dfn": (dfn, dfn_backward), "lsdfn_sample": (lsdfn_sample, lsdfn_sample_backward),
+            "lsdfn": (lsdfn, lsdfn_backward)}
+
+
+_MAKERS = {"dfn": (make_dfn_case, dfn_example_configs),
+           "lsdfn_sample": (make_lsdfn_sample_case, lsdfn_sample_example_configs),
+           "lsdfn": (make_lsdfn_case, lsdfn_example_configs)}
+
+
+def example_cases(thorough: bool = True) -> list[tuple[str, Case]]:
+    """(operator name, case) of every example configuration of dfn, lsdfn_sample and lsdfn."""
+    return [(name, make(config)) for name, (make, configs) in _MAKERS.items()
+            for config in configs(thorough)]
+
+
+def bad_arguments(name: str) -> dict[str, dict[str, object]]:
+    """Keyword arguments of operator ``name``'s backward (grad_output included), each with one
+    problem the checks of :mod:`refdyn.lsdfn_args` reject; every array C-contiguous."""
+    make, configs = _MAKERS[name]
+    case = make(configs()[1])
+    a = {**case.arrays, **case.params, "grad_output": case.grad_output}
+    nan = {"dfn": "filters", "lsdfn_sample": "kernels", "lsdfn": "u"}[name]
+    poisoned = a[nan].copy()
+    poisoned.flat[3] = np.nan
+    common = {f"nan {nan}": {**a, nan: poisoned},
+              "float32 features": {**a, "features": a["features"].astype(np.float32)},
+              "grad_output shape": {**a, "grad_output": a["grad_output"][..., :1].copy()},
+              "kernel_size 0": {**a, "kernel_size": 0}}
+    if name == "dfn":
+        return {**common, "bool-like softmax": {**a, "softmax": 1},
+                "filter channels": {**a, "filters": np.zeros((2, 5, 4, 5))}}
+    if name == "lsdfn_sample":
+        return {**common, "gamma 0": {**a, "gamma": 0}, "indexing": {**a, "indexing": "left"},
+                "kernels shape": {**a, "kernels": a["kernels"][:, :, :, :2].copy()}}
+    return {**common, "missing position attention": {**a, "position_attention": None},
+            "fuse": {**a, "fuse": "mean"}, "kernel_form": {**a, "kernel_form": "both"},
+            "inf sample attention": {**a, "sample_attention": np.full_like(
+                a["sample_attention"], np.inf)},
+            "v shape": {**a, "v": a["v"][:, :, :4].copy()}}
+
+
+def _raised_error(function, kwargs):
+    """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
+    try:
+        function(**kwargs)
+    except (TypeError, ValueError) as error:
+        return error
+    return None
+
+
+def error_mismatches(name, forward, backward, arguments, on_device=lambda array: array):
+    """Where a backend's ``forward`` and ``backward`` of operator ``name`` fail to raise the
+    NumPy reference's error, same type and message, on ``arguments`` (one of
+    :func:`bad_arguments`) with every array moved by ``on_device``: empty when all match.  The
+    forward is called without grad_output, and only where the reference's forward fails."""
+    reference_forward, reference_backward = references()[name]
+    moved = {k: on_device(v) if isinstance(v, np.ndarray) else v for k, v in arguments.items()}
+    forward_names = [key for key in arguments if key != "grad_output"]
+    mismatches = []
+    for reference, mirror, names in [(reference_backward, backward, list(arguments)),
+                                     (reference_forward, forward, forward_names)]:
+        expected = _raised_error(reference, {key: arguments[key] for key in names})
+        if expected is None:
+            if reference is reference_backward:
+                mismatches.append("the NumPy reference accepts these arguments")
+            continue  # a bad grad_output: only the backward sees it
+        actual = _raised_error(mirror, {key: moved[key] for key in names})
+        if (type(actual), str(actual)) != (type(expected), str(expected)):
+            mismatches.append(f"{reference.__name__}: expected {expected!r}, got {actual!r}")
+    return mismatches

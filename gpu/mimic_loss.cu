@@ -1,0 +1,156 @@
+// The R-CNN feature mimic loss of DCNv2 (Zhu et al. 2019, Section 3.3), forward and backward, in
+// CUDA C.  RoI r's features f and target g (any trailing shape) are flattened into vectors of
+// D = prod(shape[1:]) entries:
+//
+//     L = sum_r [1 - cos_r],   cos_r = <f, g> / (N(f) N(g)),   N(v) = max(|v|, eps)
+//
+// Semantics are those of the NumPy reference refdyn/mimic_loss.py: a zero feature vector has
+// norm eps, cosine 0 and loss term 1, never NaN.  Every arithmetic step runs in double for both
+// dtypes, as the reference does (it computes in float64 and rounds the results to the dtype);
+// only the stored results are scalar_t.  Every array is C-contiguous.
+//
+// Each kernel is a template over scalar_t (float, double), exported at the end of the file as
+// extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
+// grid-stride loop, so it is correct for any launch configuration, and indexes with 64-bit
+// integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
+// compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header; it is a
+// translation unit of its own, hence its own index_t and loop macro.
+//
+// Kernels (no floating-point atomics anywhere: the same bits on every run and any grid):
+//  (K1) mimic_rows:     one thread per RoI sums <f, g>, |f|^2 and |g|^2 over k = 0 .. D-1 in
+//                       increasing k and writes the RoI's statistics (STAT_* below).
+//  (K2) mimic_sum:      one thread (the first of the grid) sums the terms 1 - cos_r over r in
+//                       increasing r and stores L.
+//  (K3) mimic_backward: one thread per element (r, k) writes both gradients, go = dL/dL:
+//       dL/df_k = -go (g_k / (N(f) N(g)) - [|f| > eps] cos / |f|^2 f_k),  and symmetrically.
+
+typedef long long index_t;
+
+// The sizes of one call and its eps: 3 values of 8 bytes, in the order of GEOMETRY_FIELDS in
+// _cuda_c_mimic.py (eps travels as the bit pattern of its double in an int64 array).  Each kernel
+// receives a pointer to it and copies it into its body's by-value parameter.
+struct MimicGeometry {
+    index_t rois;  // R
+    index_t size;  // D, the entries of one RoI's flattened features
+    double eps;
+};
+
+// The statistics of one RoI (double, STAT_COUNT per RoI, row-major (R, STAT_COUNT)).
+enum MimicStat {
+    STAT_COS = 0,          // cos_r
+    STAT_NORM_PRODUCT = 1, // N(f) N(g)
+    STAT_LENGTH_F = 2,     // |f|
+    STAT_LENGTH_G = 3,     // |g|
+    STAT_COUNT = 4
+};
+
+#define GRID_STRIDE_LOOP(idx, total)                                                    \
+    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
+         idx += (index_t)blockDim.x * gridDim.x)
+
+// N(v) = max(|v|, eps).
+__device__ __forceinline__ double clamped_norm(double length, double eps)
+{
+    return length > eps ? length : eps;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+// (K1) One thread per RoI: its dot product and lengths, summed in increasing k, then cos_r.
+template <typename scalar_t>
+__device__ void rows(const MimicGeometry geo, const scalar_t* features, const scalar_t* target,
+                     double* stats)
+{
+    GRID_STRIDE_LOOP(r, geo.rois) {
+        const scalar_t* f = features + r * geo.size;
+        const scalar_t* g = target + r * geo.size;
+        double dot = 0, square_f = 0, square_g = 0;
+        for (index_t k = 0; k < geo.size; ++k) {
+            const double a = (double)f[k], b = (double)g[k];
+            dot += a * b;
+            square_f += a * a;
+            square_g += b * b;
+        }
+        const double length_f = sqrt(square_f), length_g = sqrt(square_g);
+        const double norm_product = clamped_norm(length_f, geo.eps)
+                                    * clamped_norm(length_g, geo.eps);
+        double* out = stats + r * STAT_COUNT;
+        out[STAT_COS] = dot / norm_product;
+        out[STAT_NORM_PRODUCT] = norm_product;
+        out[STAT_LENGTH_F] = length_f;
+        out[STAT_LENGTH_G] = length_g;
+    }
+}
+
+// (K2) L = sum_r (1 - cos_r) in increasing r, by the grid's first thread only (index 0 of a
+// grid-stride loop over one element).
+template <typename scalar_t>
+__device__ void sum_terms(const MimicGeometry geo, const double* stats, scalar_t* loss)
+{
+    GRID_STRIDE_LOOP(idx, 1) {
+        double total = 0;
+        for (index_t r = 0; r < geo.rois; ++r) total += 1.0 - stats[r * STAT_COUNT + STAT_COS];
+        loss[idx] = (scalar_t)total;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward (K3)
+// ---------------------------------------------------------------------------------------------
+
+// The gradient of 1 - cos with respect to entry `own` of one vector, `other` the matching entry
+// of the other vector, times go: -go (other / (N(f) N(g)) - [|own| > eps] cos / |own|^2 own).
+__device__ __forceinline__ double entry_grad(double go, double own, double other, double cos,
+                                             double norm_product, double length, double eps)
+{
+    const double radial = length > eps ? cos / (length * length) : 0.0;
+    return -go * (other / norm_product - radial * own);
+}
+
+// One thread per element (r, k) writes grad_features and grad_target there.
+template <typename scalar_t>
+__device__ void backward(const MimicGeometry geo, const scalar_t* features, const scalar_t* target,
+                         const double* stats, const scalar_t* grad_output,
+                         scalar_t* grad_features, scalar_t* grad_target)
+{
+    const double go = (double)grad_output[0];
+    GRID_STRIDE_LOOP(idx, geo.rois * geo.size) {
+        const double* stat = stats + idx / geo.size * STAT_COUNT;
+        const double f = (double)features[idx], g = (double)target[idx];
+        grad_features[idx] = (scalar_t)entry_grad(go, f, g, stat[STAT_COS],
+                                                  stat[STAT_NORM_PRODUCT], stat[STAT_LENGTH_F],
+                                                  geo.eps);
+        grad_target[idx] = (scalar_t)entry_grad(go, g, f, stat[STAT_COS],
+                                                stat[STAT_NORM_PRODUCT], stat[STAT_LENGTH_G],
+                                                geo.eps);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exported kernels: _f32 / _f64
+// ---------------------------------------------------------------------------------------------
+
+#define MIMIC_KERNELS(suffix, scalar_t)                                                          \
+    extern "C" __global__ void mimic_rows_##suffix(                                              \
+        const MimicGeometry* geo, const scalar_t* features, const scalar_t* target,              \
+        double* stats)                                                                           \
+    {                                                                                            \
+        rows(*geo, features, target, stats);                                                     \
+    }                                                                                            \
+    extern "C" __global__ void mimic_sum_##suffix(const MimicGeometry* geo, const double* stats, \
+                                                  scalar_t* loss)                                \
+    {                                                                                            \
+        sum_terms(*geo, stats, loss);                                                            \
+    }                                                                                            \
+    extern "C" __global__ void mimic_backward_##suffix(                                          \
+        const MimicGeometry* geo, const scalar_t* features, const scalar_t* target,              \
+        const double* stats, const scalar_t* grad_output, scalar_t* grad_features,               \
+        scalar_t* grad_target)                                                                   \
+    {                                                                                            \
+        backward(*geo, features, target, stats, grad_output, grad_features, grad_target);       \
+    }
+
+MIMIC_KERNELS(f32, float)
+MIMIC_KERNELS(f64, double)
