@@ -84,19 +84,28 @@ def _gpu_implementation(backend: str, function: str) -> Implementation:
                           _gpu_backend(backend))
 
 
+def every_backend(module: str, function: str, gpu: bool = True) -> dict[str, Implementation]:
+    """The implementations named by refdyn's convention: ``function`` and ``function_backward``
+    in ``refdyn.<module>`` (vectorized), with a ``_literal`` suffix (literal), and, with ``gpu``,
+    in each GPU module ``refdyn.gpu.<backend>``."""
+    path = f"refdyn.{module}"
+    implementations = {
+        "literal": Implementation(f"{path}:{function}_literal", f"{path}:{function}_backward_literal"),
+        "vectorized": Implementation(f"{path}:{function}", f"{path}:{function}_backward"),
+    }
+    if gpu:
+        implementations.update({backend: _gpu_implementation(backend, function)
+                                for backend in GPU_BACKENDS})
+    return implementations
+
+
 DEFORM_CONV2D = Operator(
     name="deform_conv2d",
     summary="deformable convolution, DCNv1 Eq. 2 / DCNv2 Eq. 1 (torchvision layout)",
     differentiable=("input", "offset", "weight", "bias", "mask"),
     linear=("input", "weight", "mask"),
     kinked=("offset",),
-    implementations={
-        "literal": Implementation("refdyn.deform_conv:deform_conv2d_literal",
-                                  "refdyn.deform_conv:deform_conv2d_backward_literal"),
-        "vectorized": Implementation("refdyn.deform_conv:deform_conv2d",
-                                     "refdyn.deform_conv:deform_conv2d_backward"),
-        **{backend: _gpu_implementation(backend, "deform_conv2d") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("deform_conv", "deform_conv2d"),
     configs="refdyn.testing.strategies:deform_conv2d_configs",
     make_case="refdyn.testing.deform_conv_cases:make_case",
     examples="refdyn.testing.deform_conv_cases:example_configs",
@@ -108,12 +117,7 @@ BILINEAR_SAMPLE = Operator(
     differentiable=("image", "y", "x"),
     linear=("image",),
     kinked=("y", "x"),
-    implementations={
-        "literal": Implementation("refdyn.bilinear:bilinear_sample_literal",
-                                  "refdyn.bilinear:bilinear_sample_backward_literal"),
-        "vectorized": Implementation("refdyn.bilinear:bilinear_sample",
-                                     "refdyn.bilinear:bilinear_sample_backward"),
-    },
+    implementations=every_backend("bilinear", "bilinear_sample", gpu=False),
     configs="refdyn.testing.strategies:bilinear_sample_configs",
     make_case="refdyn.testing.bilinear_cases:make_case",
     examples="refdyn.testing.bilinear_cases:example_configs",
@@ -125,13 +129,7 @@ ACTIVE_CONV2D = Operator(
     differentiable=("input", "positions", "weight", "bias"),
     linear=("input", "weight"),
     kinked=("positions",),
-    implementations={
-        "literal": Implementation("refdyn.active_conv:active_conv2d_literal",
-                                  "refdyn.active_conv:active_conv2d_backward_literal"),
-        "vectorized": Implementation("refdyn.active_conv:active_conv2d",
-                                     "refdyn.active_conv:active_conv2d_backward"),
-        **{backend: _gpu_implementation(backend, "active_conv2d") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("active_conv", "active_conv2d"),
     configs="refdyn.testing.strategies:active_conv2d_configs",
     make_case="refdyn.testing.active_conv_cases:make_case",
     examples="refdyn.testing.active_conv_cases:example_configs",
@@ -145,16 +143,11 @@ DDF = Operator(
     # adjoint test (it subtracts f(0)) accepts as well.
     linear=("features", "channel_filter", "spatial_filter"),
     kinked=(),
-    implementations={
-        "literal": Implementation("refdyn.decoupled_dynamic_filter:ddf_literal", "refdyn.decoupled_dynamic_filter:ddf_backward_literal"),
-        "vectorized": Implementation("refdyn.decoupled_dynamic_filter:ddf", "refdyn.decoupled_dynamic_filter:ddf_backward"),
-        **{backend: _gpu_implementation(backend, "ddf") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("decoupled_dynamic_filter", "ddf"),
     configs="refdyn.testing.strategies:ddf_configs",
     make_case="refdyn.testing.ddf_cases:make_case",
     examples="refdyn.testing.ddf_cases:example_configs",
 )
-
 
 
 def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked) -> Operator:
@@ -162,12 +155,7 @@ def _roi_operator(name: str, module: str, summary: str, differentiable, linear, 
     and its GPU mirrors (gpu/roi_pool.cu, gpu/_numba_roi.py)."""
     return Operator(
         name=name, summary=summary, differentiable=differentiable, linear=linear, kinked=kinked,
-        implementations={
-            "literal": Implementation(f"refdyn.{module}:{name}_literal",
-                                      f"refdyn.{module}:{name}_backward_literal"),
-            "vectorized": Implementation(f"refdyn.{module}:{name}", f"refdyn.{module}:{name}_backward"),
-            **{backend: _gpu_implementation(backend, name) for backend in GPU_BACKENDS},
-        },
+        implementations=every_backend(module, name),
         configs=f"refdyn.testing.strategies:{name}_configs",
         make_case="refdyn.testing.roi_cases:make_case",
         examples=f"refdyn.testing.roi_cases:{name}_examples",
@@ -196,13 +184,7 @@ MIMIC_LOSS = Operator(
     differentiable=("features", "target"),
     linear=(),
     kinked=("features", "target"),     # the cosine jumps at a zero feature vector
-    implementations={
-        "literal": Implementation("refdyn.mimic_loss:mimic_loss_literal",
-                                  "refdyn.mimic_loss:mimic_loss_backward_literal"),
-        "vectorized": Implementation("refdyn.mimic_loss:mimic_loss",
-                                     "refdyn.mimic_loss:mimic_loss_backward"),
-        **{backend: _gpu_implementation(backend, "mimic_loss") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("mimic_loss", "mimic_loss"),
     configs="refdyn.testing.strategies:mimic_loss_configs",
     make_case="refdyn.testing.mimic_loss_cases:make_case",
     examples="refdyn.testing.mimic_loss_cases:example_configs",
@@ -214,13 +196,7 @@ LSDFN_SAMPLE = Operator(
     differentiable=("features", "kernels"),
     linear=("features", "kernels"),
     kinked=(),
-    implementations={
-        "literal": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_sample_literal",
-                                  "refdyn.large_sampling_dynamic_filter:lsdfn_sample_backward_literal"),
-        "vectorized": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_sample",
-                                     "refdyn.large_sampling_dynamic_filter:lsdfn_sample_backward"),
-        **{backend: _gpu_implementation(backend, "lsdfn_sample") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("large_sampling_dynamic_filter", "lsdfn_sample"),
     configs="refdyn.testing.strategies:lsdfn_sample_configs",
     make_case="refdyn.testing.lsdfn_cases:make_lsdfn_sample_case",
     examples="refdyn.testing.lsdfn_cases:lsdfn_sample_example_configs",
@@ -236,13 +212,7 @@ LSDFN = Operator(
     linear=("features",),
     # Integer offsets: no bilinear kinks.  Max fusion's ties are the only kinks (lsdfn_cases).
     kinked=(),
-    implementations={
-        "literal": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn_literal",
-                                  "refdyn.large_sampling_dynamic_filter:lsdfn_backward_literal"),
-        "vectorized": Implementation("refdyn.large_sampling_dynamic_filter:lsdfn",
-                                     "refdyn.large_sampling_dynamic_filter:lsdfn_backward"),
-        **{backend: _gpu_implementation(backend, "lsdfn") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("large_sampling_dynamic_filter", "lsdfn"),
     configs="refdyn.testing.strategies:lsdfn_configs",
     make_case="refdyn.testing.lsdfn_cases:make_lsdfn_case",
     examples="refdyn.testing.lsdfn_cases:lsdfn_example_configs",
@@ -254,13 +224,7 @@ DFN = Operator(
     differentiable=("features", "filters"),
     linear=("features",),   # the filters too without the softmax (tests/test_lsdfn.py)
     kinked=(),
-    implementations={
-        "literal": Implementation("refdyn.dynamic_filter_networks:dfn_literal",
-                                  "refdyn.dynamic_filter_networks:dfn_backward_literal"),
-        "vectorized": Implementation("refdyn.dynamic_filter_networks:dfn",
-                                     "refdyn.dynamic_filter_networks:dfn_backward"),
-        **{backend: _gpu_implementation(backend, "dfn") for backend in GPU_BACKENDS},
-    },
+    implementations=every_backend("dynamic_filter_networks", "dfn"),
     configs="refdyn.testing.strategies:dfn_configs",
     make_case="refdyn.testing.lsdfn_cases:make_dfn_case",
     examples="refdyn.testing.lsdfn_cases:dfn_example_configs",
