@@ -73,10 +73,13 @@ CONFIGS = [
                      coord_grad="mmcv", seed=4),
     DeformConvConfig(height=1, width=1, kernel=(1, 1), padding=(0, 0), offset_kind="normal",
                      dtype="float32", seed=5),
-    DeformConvConfig(offset_kind="far", boundary="border", seed=14),
-    DeformConvConfig(in_channels=4, out_channels=4, groups=2, offset_groups=2, kernel=(2, 2),
-                     offset_kind="integer", boundary="border", coord_grad="mmcv",
-                     dtype="float32", seed=15),
+    # Far offsets under the border rule pile every sample onto the edge pixels: long lists for
+    # the deterministic path, kept small here because the simulator sorts them in Python.
+    DeformConvConfig(height=4, width=4, kernel=(2, 2), offset_kind="far", boundary="border",
+                     seed=14),
+    DeformConvConfig(in_channels=4, out_channels=4, height=3, width=4, groups=2,
+                     offset_groups=2, kernel=(2, 2), offset_kind="integer", boundary="border",
+                     coord_grad="mmcv", dtype="float32", seed=15),
 ]
 
 
@@ -155,8 +158,8 @@ def test_deterministic_grad_input_is_bitwise_reproducible(nb, boundary):
     pixels collect every sample beyond them) and the image has more pixels than one chunk of the
     prefix sum (64): the deterministic path gives the same bits twice and agrees with the
     atomic scatter to rounding."""
-    config = DeformConvConfig(batch=2, in_channels=2, out_channels=2, height=9, width=8,
-                              kernel=(2, 2), padding=(0, 0), offset_groups=2,
+    config = DeformConvConfig(batch=1, in_channels=1, out_channels=1, height=9, width=8,
+                              kernel=(2, 2), padding=(0, 0), offset_groups=1,
                               offset_kind="normal", offset_scale=0.3, boundary=boundary,
                               dtype="float32", seed=9)
     case = make_case(config)

@@ -289,9 +289,11 @@ def test_dfn_without_softmax_is_linear_in_the_filters(factor, seed):
 # --- dtypes, empty batch ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("op,make,config", [
-    (LSDFN, make_lsdfn_case, LSDFNConfig(dtype="float32", samples=3, gamma=2)),
+    (LSDFN, make_lsdfn_case, LSDFNConfig(dtype="float32", samples=3, gamma=2, channels=1,
+                                         out_channels=1, height=3, width=3)),
     (LSDFN, make_lsdfn_case, LSDFNConfig(dtype="float32", attention="full", fuse="max")),
-    (DFN, make_dfn_case, DFNConfig(dtype="float32", softmax=True))], ids=str)
+    (DFN, make_dfn_case, DFNConfig(dtype="float32", softmax=True))],
+    ids=["lsdfn-samples3", "lsdfn-full-attention-max", "dfn-softmax"])
 @pytest.mark.parametrize("name", BACKENDS)
 def test_outputs_keep_the_input_dtype(op, make, config, name, load_backend):
     forward, backward = load_backend(op, name)
