@@ -1,6 +1,7 @@
 """The launch sequence of the CUDA C kernels in ``deform_conv.cu``, shared by two backends
-(``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` have their own in :mod:`refdyn.gpu._cuda_c_ddf`,
-:mod:`refdyn.gpu._cuda_c_roi` and :mod:`refdyn.gpu._cuda_c_lsdfn`; the file table is here).
+(``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu`` and ``mimic_loss.cu`` have their own in
+:mod:`refdyn.gpu._cuda_c_ddf`, ``_cuda_c_roi``, ``_cuda_c_lsdfn`` and ``_cuda_c_mimic``; the
+file table is here).
 
 :mod:`refdyn.gpu.cupy` runs the kernels on a GPU with CuPy arrays; :mod:`refdyn.gpu.host` runs
 the same source on the CPU with NumPy arrays.  Both call :func:`forward` and :func:`backward`

@@ -1,12 +1,12 @@
-"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` on a
+"""The CUDA C kernels (``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu``,
+``mimic_loss.cu``) on a
 GPU via CuPy (importable as ``refdyn.gpu.cupy``).
 
 Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
-functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
-(:mod:`refdyn.active_conv`) assembled from them, and :mod:`refdyn.decoupled_dynamic_filter`
-(``ddf``, ``ddf_backward``); NumPy arrays are copied to the device and the results come back
-as NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array when
-``input``, or ``features`` for ddf, is one).  :func:`refdyn.gpu.backend_problem` says whether
+functions and arguments as the NumPy reference of every operator with a GPU mirror in
+:mod:`refdyn.registry`; NumPy arrays are copied to the device and the results come back as
+NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array when the first
+array argument is one).  :func:`refdyn.gpu.backend_problem` says whether
 this can run here.
 """
 

@@ -1,4 +1,5 @@
-"""The CUDA C kernels of ``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu`` and ``lsdfn.cu`` run on
+"""The CUDA C kernels (``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu``,
+``mimic_loss.cu``) run on
 the CPU (importable as ``refdyn.gpu.host``).
 
 The very same sources the GPU backend compiles are built by the host C++ compiler
@@ -9,9 +10,9 @@ by a Python loop over a small grid of :data:`GRID_BLOCKS` blocks of :data:`BLOCK
 threads: before each call the harness sets ``blockIdx``/``threadIdx``, so every kernel's
 grid-stride loop and index arithmetic run exactly as written for the GPU.
 
-Same functions and arguments as :mod:`refdyn.deform_conv`, Active Convolution
-(:mod:`refdyn.active_conv`) assembled from them, and :mod:`refdyn.decoupled_dynamic_filter`
-(``ddf``, ``ddf_backward``); NumPy arrays in and out.
+Same functions and arguments as the NumPy reference of every operator with a GPU mirror in
+:mod:`refdyn.registry` (deformable convolution, Active Convolution assembled from it, DDF, the
+RoI pooling family, the mimic loss, LS-DFN and DFN); NumPy arrays in and out.
 """
 
 from __future__ import annotations
