@@ -1,6 +1,5 @@
 """The CUDA C kernels (``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu``,
-``mimic_loss.cu``) on a
-GPU via CuPy (importable as ``refdyn.gpu.cupy``).
+``mimic_loss.cu``) on a GPU via CuPy (importable as ``refdyn.gpu.cupy``).
 
 Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
 functions and arguments as the NumPy reference of every operator with a GPU mirror in

@@ -1,6 +1,5 @@
 """The CUDA C kernels (``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu``,
-``mimic_loss.cu``) run on
-the CPU (importable as ``refdyn.gpu.host``).
+``mimic_loss.cu``) run on the CPU (importable as ``refdyn.gpu.host``).
 
 The very same sources the GPU backend compiles are built by the host C++ compiler
 (``refdyn.gpu.host_compiler()``) with ``cuda_host_compat.h`` force-included, each file into a
