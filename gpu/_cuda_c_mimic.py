@@ -4,7 +4,7 @@ NumPy arrays), as :mod:`refdyn.gpu._cuda_c_ddf` is for ddf.cu: each backend call
 :func:`forward` and :func:`backward` with its array module ``xp`` and its
 ``launch(kernel_name, total_threads, args)``.
 
-Arrays reach this module validated (:func:`refdyn.mimic_loss.check_mimic_loss_args`),
+Arrays reach this module validated (:func:`refdyn.feature_mimic.check_mimic_loss_args`),
 C-contiguous and in ``xp``.  No kernel uses floating-point atomics, so there is nothing to zero
 first and the results are the same on every run and grid.  An empty RoI list launches nothing.
 """
@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from refdyn.mimic_loss import MimicLossGrads
+from refdyn.feature_mimic import MimicLossGrads
 
 from ._cuda_c import KERNEL_SUFFIX
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from refdyn._checks import numpy_all_finite
-from refdyn.roi_align import check_roi_align_args
-from refdyn.roi_pool import check_deform_ps_roi_pool_args, check_deform_roi_pool_args
+from refdyn.roi_align_family import check_roi_align_args
+from refdyn.roi_pooling import check_deform_ps_roi_pool_args, check_deform_roi_pool_args
 from refdyn.roi_pool_args import RoIGeometry, RoIPoolGrads, check_grad_output
 
 from ._cuda_c import KERNEL_SUFFIX

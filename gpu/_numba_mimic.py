@@ -1,7 +1,7 @@
 """DCNv2's R-CNN feature mimic loss in Numba CUDA kernels, exposed as
 :func:`refdyn.gpu.numba.mimic_loss` and :func:`refdyn.gpu.numba.mimic_loss_backward`.
 
-The same functions, arguments, errors and results as :mod:`refdyn.mimic_loss`, computed by
+The same functions, arguments, errors and results as :mod:`refdyn.feature_mimic`, computed by
 ``@cuda.jit`` kernels that mirror ``mimic_loss.cu`` one for one (its header states the
 equations).  RoI r's features f and target g are flattened into rows of D entries:
 
@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from refdyn._checks import check_float_array
-from refdyn.mimic_loss import MimicLossGrads, check_mimic_loss_args
+from refdyn.feature_mimic import MimicLossGrads, check_mimic_loss_args
 
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, cuda
 
@@ -119,7 +119,7 @@ def _statistics(features, target, rois, size, eps):
 def mimic_loss(features, target, eps=1e-8):
     """DCNv2's mimic loss sum_b [1 - cos(features[b], target[b])] on the GPU.
 
-    Same arguments, checks and result as :func:`refdyn.mimic_loss.mimic_loss` (a 0-d array of
+    Same arguments, checks and result as :func:`refdyn.feature_mimic.mimic_loss` (a 0-d array of
     the dtype; a 0-d device array when ``features`` is one).
     """
     dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)
@@ -137,7 +137,7 @@ def mimic_loss(features, target, eps=1e-8):
 def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
     """Both gradients of :func:`mimic_loss` on the GPU: one thread per element, no atomics.
 
-    Same arguments, checks and result as :func:`refdyn.mimic_loss.mimic_loss_backward`; device
+    Same arguments, checks and result as :func:`refdyn.feature_mimic.mimic_loss_backward`; device
     arrays out when ``features`` is a device array.
     """
     dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)

@@ -340,7 +340,7 @@ def _backward(call, grad_output, input, rois, offset=None, mask=None) -> RoIPool
 
 
 def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """torchvision roi_align on the GPU; as :func:`refdyn.roi_align.roi_align`."""
+    """torchvision roi_align on the GPU; as :func:`refdyn.roi_align_family.roi_align`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
                                   spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
     return _forward(call, input, rois)
@@ -349,7 +349,7 @@ def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, 
 def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
                        sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
     """Gradient of :func:`roi_align` (a gather, reproducible); as
-    :func:`refdyn.roi_align.roi_align_backward`."""
+    :func:`refdyn.roi_align_family.roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
                                   spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
     return _backward(call, grad_output, input, rois)
@@ -358,7 +358,7 @@ def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.
 def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
                      sampling_ratio=0, gamma=0.1):
     """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2); as
-    :func:`refdyn.roi_align.deform_roi_align`."""
+    :func:`refdyn.roi_align_family.deform_roi_align`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
                                   spatial_scale, sampling_ratio, True, gamma, _all_finite)
     return _forward(call, input, rois, offset, mask)
@@ -367,14 +367,14 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
                               spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask); as
-    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
                                   spatial_scale, sampling_ratio, True, gamma, _all_finite)
     return _backward(call, grad_output, input, rois, offset, mask)
 
 
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
-    """Deformable RoI pooling, DCNv1 Eq. 5-6; as :func:`refdyn.roi_pool.deform_roi_pool`."""
+    """Deformable RoI pooling, DCNv1 Eq. 5-6; as :func:`refdyn.roi_pooling.deform_roi_pool`."""
     call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
                                 gamma, _all_finite)
     return _forward(call, input, rois, offset)
@@ -383,7 +383,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8); as
-    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_roi_pool_backward`."""
     call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
                                 gamma, _all_finite)
     return _backward(call, grad_output, input, rois, offset)
@@ -392,7 +392,7 @@ def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=
 def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1, group_size=1,
                        pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
                        no_trans=False):
-    """The official deformable PS RoI pooling; as :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    """The official deformable PS RoI pooling; as :func:`refdyn.roi_pooling.deform_ps_roi_pool`."""
     call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
                                      group_size, pooled_size, part_size, sample_per_part,
                                      trans_std, no_trans, _all_finite)
@@ -403,7 +403,7 @@ def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_s
                                 output_dim=1, group_size=1, pooled_size=7, part_size=0,
                                 sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
     """Gradients of :func:`deform_ps_roi_pool`; as
-    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_ps_roi_pool_backward`."""
     call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
                                      group_size, pooled_size, part_size, sample_per_part,
                                      trans_std, no_trans, _all_finite)

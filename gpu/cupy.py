@@ -29,7 +29,7 @@ from refdyn.lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads, check_dfn_
     check_grad_output, check_lsdfn_args, check_lsdfn_sample_args
 
 from refdyn._checks import check_float_array as _check_float_array
-from refdyn.mimic_loss import MimicLossGrads, check_mimic_loss_args
+from refdyn.feature_mimic import MimicLossGrads, check_mimic_loss_args
 
 from . import _cuda_c, _cuda_c_ddf, _cuda_c_lsdfn, _cuda_c_roi
 from . import _cuda_c_mimic
@@ -200,7 +200,7 @@ def _roi_backward(call, grad_output, input, rois, offset=None, mask=None) -> RoI
 
 
 def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
-    """torchvision roi_align on the GPU (roi_pool.cu); as :func:`refdyn.roi_align.roi_align`,
+    """torchvision roi_align on the GPU (roi_pool.cu); as :func:`refdyn.roi_align_family.roi_align`,
     NumPy or CuPy arrays (a CuPy result when ``input`` is one)."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
                                   spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
@@ -210,7 +210,7 @@ def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, 
 def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
                        sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
     """Gradient of :func:`roi_align` on the GPU (a gather: no atomics, reproducible); as
-    :func:`refdyn.roi_align.roi_align_backward`."""
+    :func:`refdyn.roi_align_family.roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
                                   spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
     return _roi_backward(call, grad_output, input, rois)
@@ -219,7 +219,7 @@ def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.
 def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
                      sampling_ratio=0, gamma=0.1):
     """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2), on the GPU; as
-    :func:`refdyn.roi_align.deform_roi_align`."""
+    :func:`refdyn.roi_align_family.deform_roi_align`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
                                   spatial_scale, sampling_ratio, True, gamma, _all_finite)
     return _roi_forward(call, input, rois, offset, mask)
@@ -228,7 +228,7 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
                               spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask) on the GPU; as
-    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
                                   spatial_scale, sampling_ratio, True, gamma, _all_finite)
     return _roi_backward(call, grad_output, input, rois, offset, mask)
@@ -236,7 +236,7 @@ def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, 
 
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
     """Deformable RoI pooling, DCNv1 Eq. 5-6, on the GPU; as
-    :func:`refdyn.roi_pool.deform_roi_pool`."""
+    :func:`refdyn.roi_pooling.deform_roi_pool`."""
     call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
                                 gamma, _all_finite)
     return _roi_forward(call, input, rois, offset)
@@ -245,7 +245,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8) on the GPU; as
-    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_roi_pool_backward`."""
     call = _cuda_c_roi.eq5_call(input, _host_rois(rois), offset, output_size, spatial_scale,
                                 gamma, _all_finite)
     return _roi_backward(call, grad_output, input, rois, offset)
@@ -255,7 +255,7 @@ def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1
                        pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
                        no_trans=False):
     """The official deformable PS RoI pooling on the GPU; as
-    :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    :func:`refdyn.roi_pooling.deform_ps_roi_pool`."""
     call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
                                      group_size, pooled_size, part_size, sample_per_part,
                                      trans_std, no_trans, _all_finite)
@@ -266,7 +266,7 @@ def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_s
                                 output_dim=1, group_size=1, pooled_size=7, part_size=0,
                                 sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
     """Gradients of :func:`deform_ps_roi_pool` on the GPU; as
-    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_ps_roi_pool_backward`."""
     call = _cuda_c_roi.official_call(input, _host_rois(rois), offset, spatial_scale, output_dim,
                                      group_size, pooled_size, part_size, sample_per_part,
                                      trans_std, no_trans, _all_finite)
@@ -352,7 +352,7 @@ def lsdfn_backward(grad_output, features, u, v, sample_attention=None, position_
 
 def mimic_loss(features, target, eps=1e-8):
     """DCNv2's mimic loss sum_b [1 - cos(features[b], target[b])] on the GPU (mimic_loss.cu); as
-    :func:`refdyn.mimic_loss.mimic_loss`, NumPy or CuPy arrays (a 0-d CuPy result when
+    :func:`refdyn.feature_mimic.mimic_loss`, NumPy or CuPy arrays (a 0-d CuPy result when
     ``features`` is one)."""
     dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)
     loss = _cuda_c_mimic.forward(cupy, launch, dtype, *_to_device(features, target), eps)
@@ -361,7 +361,7 @@ def mimic_loss(features, target, eps=1e-8):
 
 def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
     """Both gradients of :func:`mimic_loss` on the GPU (one thread per element, no atomics:
-    reproducible); as :func:`refdyn.mimic_loss.mimic_loss_backward`."""
+    reproducible); as :func:`refdyn.feature_mimic.mimic_loss_backward`."""
     dtype = check_mimic_loss_args(features, target, eps, all_finite=_all_finite)
     _check_float_array(grad_output, "grad_output", 0, dtype)
     grads = _cuda_c_mimic.backward(cupy, launch, dtype,

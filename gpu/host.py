@@ -40,7 +40,7 @@ from refdyn.lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads, check_dfn_
     check_grad_output, check_lsdfn_args, check_lsdfn_sample_args
 
 from refdyn._checks import check_float_array as _check_float_array
-from refdyn.mimic_loss import MimicLossGrads, check_mimic_loss_args
+from refdyn.feature_mimic import MimicLossGrads, check_mimic_loss_args
 
 from . import _cuda_c, _cuda_c_ddf, _cuda_c_lsdfn, _cuda_c_roi, host_compiler
 from . import _cuda_c_mimic
@@ -258,7 +258,7 @@ def _roi_backward(call, grad_output, input, rois, offset=None, mask=None) -> RoI
 def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
     """torchvision roi_align, the kernel of roi_pool.cu run on the CPU.
 
-    Same arguments, checks and result as :func:`refdyn.roi_align.roi_align`.
+    Same arguments, checks and result as :func:`refdyn.roi_align_family.roi_align`.
     """
     call = _cuda_c_roi.align_call(input, rois, None, None, output_size, spatial_scale,
                                   sampling_ratio, aligned, 0.0)
@@ -268,7 +268,7 @@ def roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, 
 def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
                        sampling_ratio=-1, aligned=False) -> RoIPoolGrads:
     """Gradient of :func:`roi_align` (a gather, roi_pool.cu), run on the CPU; as
-    :func:`refdyn.roi_align.roi_align_backward`."""
+    :func:`refdyn.roi_align_family.roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, rois, None, None, output_size, spatial_scale,
                                   sampling_ratio, aligned, 0.0)
     return _roi_backward(call, grad_output, input, rois)
@@ -277,7 +277,7 @@ def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.
 def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
                      sampling_ratio=0, gamma=0.1):
     """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2), run on the CPU; as
-    :func:`refdyn.roi_align.deform_roi_align`."""
+    :func:`refdyn.roi_align_family.deform_roi_align`."""
     call = _cuda_c_roi.align_call(input, rois, offset, mask, output_size, spatial_scale,
                                   sampling_ratio, True, gamma)
     return _roi_forward(call, input, rois, offset, mask)
@@ -286,7 +286,7 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
                               spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask), run on the CPU; as
-    :func:`refdyn.roi_align.deform_roi_align_backward`."""
+    :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, rois, offset, mask, output_size, spatial_scale,
                                   sampling_ratio, True, gamma)
     return _roi_backward(call, grad_output, input, rois, offset, mask)
@@ -294,7 +294,7 @@ def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, 
 
 def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, gamma=0.1):
     """Deformable RoI pooling, DCNv1 Eq. 5-6, run on the CPU; as
-    :func:`refdyn.roi_pool.deform_roi_pool`."""
+    :func:`refdyn.roi_pooling.deform_roi_pool`."""
     call = _cuda_c_roi.eq5_call(input, rois, offset, output_size, spatial_scale, gamma)
     return _roi_forward(call, input, rois, offset)
 
@@ -302,7 +302,7 @@ def deform_roi_pool(input, rois, offset=None, output_size=7, spatial_scale=1.0, 
 def deform_roi_pool_backward(grad_output, input, rois, offset=None, output_size=7,
                              spatial_scale=1.0, gamma=0.1) -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_pool` (DCNv1 Appendix A, Eq. 8), run on the CPU; as
-    :func:`refdyn.roi_pool.deform_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_roi_pool_backward`."""
     call = _cuda_c_roi.eq5_call(input, rois, offset, output_size, spatial_scale, gamma)
     return _roi_backward(call, grad_output, input, rois, offset)
 
@@ -311,7 +311,7 @@ def deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, output_dim=1
                        pooled_size=7, part_size=0, sample_per_part=4, trans_std=0.1,
                        no_trans=False):
     """The official deformable PS RoI pooling, run on the CPU; as
-    :func:`refdyn.roi_pool.deform_ps_roi_pool`."""
+    :func:`refdyn.roi_pooling.deform_ps_roi_pool`."""
     call = _cuda_c_roi.official_call(input, rois, offset, spatial_scale, output_dim, group_size,
                                      pooled_size, part_size, sample_per_part, trans_std, no_trans)
     return _roi_forward(call, input, rois, offset)
@@ -321,7 +321,7 @@ def deform_ps_roi_pool_backward(grad_output, input, rois, offset=None, spatial_s
                                 output_dim=1, group_size=1, pooled_size=7, part_size=0,
                                 sample_per_part=4, trans_std=0.1, no_trans=False) -> RoIPoolGrads:
     """Gradients of :func:`deform_ps_roi_pool`, run on the CPU; as
-    :func:`refdyn.roi_pool.deform_ps_roi_pool_backward`."""
+    :func:`refdyn.roi_pooling.deform_ps_roi_pool_backward`."""
     call = _cuda_c_roi.official_call(input, rois, offset, spatial_scale, output_dim, group_size,
                                      pooled_size, part_size, sample_per_part, trans_std, no_trans)
     return _roi_backward(call, grad_output, input, rois, offset)
@@ -396,14 +396,14 @@ def lsdfn_backward(grad_output, features, u, v, sample_attention=None, position_
 
 def mimic_loss(features, target, eps=1e-8):
     """DCNv2's mimic loss sum_b [1 - cos(features[b], target[b])], the kernels of mimic_loss.cu
-    run on the CPU; as :func:`refdyn.mimic_loss.mimic_loss` (a 0-d array of the dtype)."""
+    run on the CPU; as :func:`refdyn.feature_mimic.mimic_loss` (a 0-d array of the dtype)."""
     dtype = check_mimic_loss_args(features, target, eps)
     return _cuda_c_mimic.forward(np, launch, dtype, *map(_contiguous, (features, target)), eps)
 
 
 def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
     """Both gradients of :func:`mimic_loss` (one thread per element, no atomics), run on the
-    CPU; as :func:`refdyn.mimic_loss.mimic_loss_backward`."""
+    CPU; as :func:`refdyn.feature_mimic.mimic_loss_backward`."""
     dtype = check_mimic_loss_args(features, target, eps)
     _check_float_array(grad_output, "grad_output", 0, dtype)
     return _cuda_c_mimic.backward(np, launch, dtype, *map(

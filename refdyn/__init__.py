@@ -2,7 +2,7 @@
 
 NumPy forward and backward of every operator, in a literal version that follows the paper's
 equations loop by loop and a vectorized default; GPU mirrors in :mod:`refdyn.gpu`; a
-finite-difference checker in :mod:`refdyn.gradcheck`; every operator listed in
+finite-difference checker in :mod:`refdyn.finite_differences`; every operator listed in
 :mod:`refdyn.registry`.
 """
 
@@ -12,14 +12,14 @@ from .deform_conv_args import DeformConvGrads
 from .decoupled_dynamic_filter import ddf, ddf_backward
 from .dynamic_filter_networks import dfn, dfn_backward
 from .filter_normalization import filter_norm, filter_norm_backward
-from .gradcheck import gradcheck
+from .finite_differences import gradcheck
 from .large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_kernels, \
     lsdfn_sample, lsdfn_sample_backward
 from .lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads
-from .mimic_loss import mimic_loss, mimic_loss_backward
-from .roi_align import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
+from .feature_mimic import mimic_loss, mimic_loss_backward
+from .roi_align_family import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
     roi_align, roi_align_backward
-from .roi_pool import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
+from .roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
     deform_roi_pool_backward, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
 from .roi_pool_args import RoIPoolGrads
 

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .gradcheck import GradcheckResult, adjoint_residual, gradcheck
+from .finite_differences import GradcheckResult, adjoint_residual, gradcheck
 from .registry import REFERENCE_BACKEND, Implementation, Operator
 from .testing.cases import Case, close_enough, mismatch_report, scaled_error
 

@@ -163,19 +163,19 @@ def _roi_operator(name: str, module: str, summary: str, differentiable, linear, 
 
 
 # RoIs are inputs of every RoI operator but get no gradient (as in every implementation).
-ROI_ALIGN = _roi_operator("roi_align", "roi_align",
+ROI_ALIGN = _roi_operator("roi_align", "roi_align_family",
                           "RoIAlign, torchvision semantics (aligned flag, adaptive sampling_ratio)",
                           ("input",), ("input",), ())
 DEFORM_ROI_ALIGN = _roi_operator(
-    "deform_roi_align", "roi_align",
+    "deform_roi_align", "roi_align_family",
     "mmcv DeformRoIPool on RoIAlign (offsets x first); with a mask DCNv2 Eq. 2 modulated pooling",
     ("input", "offset", "mask"), ("input", "mask"), ("offset",))
 DEFORM_ROI_POOL = _roi_operator(
-    "deform_roi_pool", "roi_pool",
+    "deform_roi_pool", "roi_pooling",
     "deformable RoI pooling, DCNv1 Eq. 6 (Eq. 5 RoI pooling without offsets), average form",
     ("input", "offset"), ("input",), ("offset",))
 DEFORM_PS_ROI_POOL = _roi_operator(
-    "deform_ps_roi_pool", "roi_pool",
+    "deform_ps_roi_pool", "roi_pooling",
     "deformable PS RoI pooling, official DCN rules (PS RoI pooling without offsets)",
     ("input", "offset"), ("input",), ("offset",))
 MIMIC_LOSS = Operator(
@@ -184,7 +184,7 @@ MIMIC_LOSS = Operator(
     differentiable=("features", "target"),
     linear=(),
     kinked=("features", "target"),     # the cosine jumps at a zero feature vector
-    implementations=every_backend("mimic_loss", "mimic_loss"),
+    implementations=every_backend("feature_mimic", "mimic_loss"),
     configs="refdyn.testing.strategies:mimic_loss_configs",
     make_case="refdyn.testing.mimic_loss_cases:make_case",
     examples="refdyn.testing.mimic_loss_cases:example_configs",

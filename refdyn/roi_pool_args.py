@@ -1,6 +1,6 @@
 """Argument checks and gradient records of the RoI pooling family (REFERENCE.md section 3).
 
-Shared by :mod:`refdyn.roi_pool` and :mod:`refdyn.roi_align` so that every operator of the
+Shared by :mod:`refdyn.roi_pooling` and :mod:`refdyn.roi_align_family` so that every operator of the
 family accepts the same RoI layout and rejects bad arguments with the same messages:
 
     input  (N, C, H, W)

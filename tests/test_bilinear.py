@@ -7,7 +7,7 @@ from hypothesis import example, given, strategies as st
 from refdyn.bilinear import G, bilinear_sample, bilinear_sample_backward, \
     bilinear_sample_grad_coords, bilinear_sample_literal, \
     bilinear_sample_grad_image, dg_db, g, sample_point, sample_point_grad
-from refdyn.gradcheck import kink_free_values
+from refdyn.finite_differences import kink_free_values
 
 IMAGE = np.arange(1.0, 21.0).reshape(4, 5) ** 1.3          # distinct neighbour differences
 

@@ -14,7 +14,7 @@ from refdyn.ddf_cost import conv2d_multiply_adds, conv2d_parameters, ddf_multipl
     ddf_parameters, depthwise_conv2d_multiply_adds, dynamic_filter_multiply_adds
 from refdyn.filter_normalization import channel_filter_norm, channel_filter_norm_backward, \
     spatial_filter_norm, spatial_filter_norm_backward
-from refdyn.gradcheck import gradcheck
+from refdyn.finite_differences import gradcheck
 from refdyn.registry import DDF
 from refdyn.testing.ddf_cases import DDFConfig, make_case
 from refdyn.testing.independent import plain_conv2d

@@ -3,7 +3,7 @@
 ``refdyn.gpu.host`` runs the CUDA C kernels on the CPU (g++ and gpu/cuda_host_compat.h) and
 ``refdyn.gpu.numba`` the Numba kernels (on a GPU, or under the CUDA simulator) on every machine
 that has them; ``refdyn.gpu.cupy`` runs only where CuPy and a device exist.  Each is checked
-against the NumPy reference (refdyn/mimic_loss.py): both dtypes, zero feature vectors (the eps
+against the NumPy reference (refdyn/feature_mimic.py): both dtypes, zero feature vectors (the eps
 rule), odd trailing shapes, several launch grids, device arrays in and out, an empty RoI list
 (which launches nothing), and bad arguments raising the reference's errors.  The nvcc and
 host-warning compile checks of mimic_loss.cu are in test_gpu_cuda_c.py;
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from refdyn.gpu import backend_problem
-from refdyn.mimic_loss import mimic_loss, mimic_loss_backward
+from refdyn.feature_mimic import mimic_loss, mimic_loss_backward
 from refdyn.testing.cases import close_enough, mismatch_report
 
 BACKENDS = ("host", "numba", "cupy")

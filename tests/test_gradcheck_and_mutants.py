@@ -13,7 +13,7 @@ import pytest
 from refdyn import deform_conv2d, deform_conv2d_backward
 from refdyn.checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
-from refdyn.gradcheck import GradcheckError, adjoint_residual, gradcheck, kink_free_values
+from refdyn.finite_differences import GradcheckError, adjoint_residual, gradcheck, kink_free_values
 from refdyn.registry import DEFORM_CONV2D, Implementation
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 

@@ -8,7 +8,7 @@ from hypothesis import example, given, strategies as st
 
 from refdyn import dfn, dfn_backward, lsdfn, lsdfn_backward, lsdfn_kernels, lsdfn_sample, \
     lsdfn_sample_backward
-from refdyn.gradcheck import adjoint_residual, gradcheck
+from refdyn.finite_differences import adjoint_residual, gradcheck
 from refdyn.large_sampling_dynamic_filter import lsdfn_kernels_backward
 from refdyn.lsdfn_block import LSDFNBlockParams, branch_channels, init_block_params, \
     lsdfn_block, lsdfn_block_backward

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 
 from refdyn.bilinear import make_stencil, sample_point, sample_point_grad
-from refdyn.mimic_loss import mimic_loss, mimic_loss_backward
-from refdyn.roi_align import deform_roi_align, deform_roi_align_backward, \
+from refdyn.feature_mimic import mimic_loss, mimic_loss_backward
+from refdyn.roi_align_family import deform_roi_align, deform_roi_align_backward, \
     modulated_deform_roi_pool, roi_align, roi_align_backward
-from refdyn.roi_pool import deform_ps_roi_pool, deform_ps_roi_pool_backward, \
+from refdyn.roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, \
     deform_ps_roi_pool_literal, deform_roi_pool, deform_roi_pool_backward, \
     deform_roi_pool_literal, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
 from refdyn.testing.roi_cases import make_case

@@ -47,7 +47,7 @@ import refdyn
 from refdyn.plot import figure_directory
 from refdyn.bilinear import G, dg_db, g, neighbours, sample_point, sample_point_grad
 from refdyn.deform_conv import deform_conv2d_literal
-from refdyn.gradcheck import gradcheck, kink_free_values
+from refdyn.finite_differences import gradcheck, kink_free_values
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -61,7 +61,7 @@ np.set_printoptions(precision=4, suppress=True)
 # Shapes follow torchvision: `offset` has `2 * kh * kw = 18` channels, the pair
 # `(dy, dx)` of tap `k = a * kw + b` at channels `2k` and `2k + 1`; `mask` has one channel per tap.
 #
-# The offsets come from `refdyn.gradcheck.kink_free_values`: their fractional part stays at
+# The offsets come from `refdyn.finite_differences.kink_free_values`: their fractional part stays at
 # least 0.1 away from every integer, so no sampling point sits on a kink of `g` (section 4
 # explains why that matters for the finite-difference check). They are rounded to two
 # decimals so that the printed numbers are exact.
@@ -321,7 +321,7 @@ print(f"wrote {figure_path}")
 # %% [markdown]
 # ## 7. Every gradient at once
 #
-# `refdyn.gradcheck.gradcheck` repeats the finite-difference check of section 3 for every entry
+# `refdyn.finite_differences.gradcheck` repeats the finite-difference check of section 3 for every entry
 # of every input, with a random `grad_output`. It passes here because no sampling point is near
 # a kink.
 

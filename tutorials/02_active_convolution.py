@@ -51,7 +51,7 @@ from refdyn.plot import figure_directory
 from refdyn.active_conv import (active_conv2d_backward_literal, active_conv2d_literal, centre_tap,
                                 normalized_position_gradient, position_update, ring_positions)
 from refdyn.bilinear import sample_point, sample_point_grad
-from refdyn.gradcheck import kink_free_values
+from refdyn.finite_differences import kink_free_values
 from refdyn.testing.independent import plain_conv2d
 
 np.set_printoptions(precision=4, suppress=True)

@@ -38,8 +38,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from refdyn.bilinear import sample_point, sample_point_grad
-from refdyn.gradcheck import gradcheck
-from refdyn.roi_pool import deform_roi_pool, deform_roi_pool_backward, roi_pool
+from refdyn.finite_differences import gradcheck
+from refdyn.roi_pooling import deform_roi_pool, deform_roi_pool_backward, roi_pool
 
 # %% [markdown]
 # ## 1. An image with an object, and a RoI that misses it

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..deform_conv import deform_conv2d
-from ..roi_align import roi_align
-from ..roi_pool import deform_ps_roi_pool
+from ..roi_align_family import roi_align
+from ..roi_pooling import deform_ps_roi_pool
 
 #: The offset-gradient rule at the image edge of each framework (``coord_grad`` argument of
 #: :func:`refdyn.deform_conv2d_backward`; REFERENCE.md section 1).

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gradcheck import kink_free_values
+from ..finite_differences import kink_free_values
 from .cases import Case, Config
 
 POINT_KINDS = ("kink_free", "integer", "far", "normal")

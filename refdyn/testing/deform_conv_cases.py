@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..gradcheck import kink_free_values
+from ..finite_differences import kink_free_values
 from .cases import Case, Config
 
 OFFSET_KINDS = ("kink_free", "integer", "zero", "far", "normal")

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..roi_align import align_grid
-from ..roi_pool import PSRoIParams, eq5_grid, official_grid, official_roi, part_cells
+from ..roi_align_family import align_grid
+from ..roi_pooling import PSRoIParams, eq5_grid, official_grid, official_roi, part_cells
 from .cases import Case, Config
 
 ROI_OPERATORS = ("roi_align", "deform_roi_align", "deform_roi_pool", "deform_ps_roi_pool")

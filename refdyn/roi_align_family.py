@@ -21,7 +21,7 @@ broadcast over channels (the sigmoid is applied outside the op).
 
 RoIs get no gradient.  ``*_literal`` loops over RoIs, channels, bins and samples; the vectorized
 default loops over RoIs and samples every bin and channel of a RoI at once (see
-:class:`refdyn.roi_pool.BinAverages`).
+:class:`refdyn.roi_pooling.BinAverages`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 
 from ._checks import numpy_all_finite
 from .bilinear import sample_point, sample_point_grad, scatter_point
-from .roi_pool import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
+from .roi_pooling import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
 from .roi_pool_args import RoIPoolGrads, check_bin_array, check_finite_number, check_grad_output, \
     check_roi_input
 
