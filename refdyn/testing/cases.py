@@ -85,3 +85,34 @@ def mismatch_report(name: str, actual, expected, dtype) -> str:
     return (f"{name}{list(map(int, worst))}: expected {expected[worst]:.10g}, got "
             f"{actual[worst]:.10g} (scaled error {scaled_error(actual, expected):.3g}; "
             f"{np.dtype(dtype)} tolerance rtol={rtol:g}, atol={atol:g} x scale)")
+
+
+def _raised_error(function, kwargs):
+    """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
+    try:
+        function(**kwargs)
+    except (TypeError, ValueError) as error:
+        return error
+    return None
+
+
+def error_mismatches(reference_forward, reference_backward, forward, backward, arguments,
+                     on_device=lambda array: array) -> list[str]:
+    """Where a backend's ``forward`` and ``backward`` fail to raise the NumPy reference's error,
+    same type and message, on the bad ``arguments`` (which hold grad_output) with every array
+    moved by ``on_device``: empty when all match.  The forward is called without grad_output,
+    and only where the reference's forward fails (a bad grad_output only reaches the backward)."""
+    moved = {k: on_device(v) if isinstance(v, np.ndarray) else v for k, v in arguments.items()}
+    forward_names = [name for name in arguments if name != "grad_output"]
+    mismatches = []
+    for reference, mirror, names in [(reference_backward, backward, list(arguments)),
+                                     (reference_forward, forward, forward_names)]:
+        expected = _raised_error(reference, {name: arguments[name] for name in names})
+        if expected is None:
+            if reference is reference_backward:
+                mismatches.append("the NumPy reference accepts these arguments")
+            continue
+        actual = _raised_error(mirror, {name: moved[name] for name in names})
+        if (type(actual), str(actual)) != (type(expected), str(expected)):
+            mismatches.append(f"{reference.__name__}: expected {expected!r}, got {actual!r}")
+    return mismatches

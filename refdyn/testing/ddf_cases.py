@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..decoupled_dynamic_filter import ddf, ddf_backward
+from . import cases
 from .cases import Case, Config
 
 
@@ -106,31 +107,6 @@ def bad_arguments() -> dict[str, dict[str, object]]:
     }
 
 
-def _raised_error(function, kwargs):
-    """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
-    try:
-        function(**kwargs)
-    except (TypeError, ValueError) as error:
-        return error
-    return None
-
-
 def error_mismatches(forward, backward, arguments, on_device=lambda array: array) -> list[str]:
-    """Where a backend's ``forward`` and ``backward`` (its ddf and ddf_backward) fail to raise
-    the NumPy reference's error, same type and message, on ``arguments`` (one of
-    :func:`bad_arguments`) with every array moved by ``on_device``: empty when all match.
-    The forward is called without grad_output, and only where the reference's forward fails."""
-    moved = {k: on_device(v) if isinstance(v, np.ndarray) else v for k, v in arguments.items()}
-    forward_names = [name for name in arguments if name != "grad_output"]
-    mismatches = []
-    for reference, mirror, names in [(ddf_backward, backward, list(arguments)),
-                                     (ddf, forward, forward_names)]:
-        expected = _raised_error(reference, {name: arguments[name] for name in names})
-        if expected is None:
-            if reference is ddf_backward:
-                mismatches.append("the NumPy reference accepts these arguments")
-            continue  # a bad grad_output: only the backward sees it
-        actual = _raised_error(mirror, {name: moved[name] for name in names})
-        if (type(actual), str(actual)) != (type(expected), str(expected)):
-            mismatches.append(f"{reference.__name__}: expected {expected!r}, got {actual!r}")
-    return mismatches
+    """:func:`refdyn.testing.cases.error_mismatches` of a backend's ddf and ddf_backward."""
+    return cases.error_mismatches(ddf, ddf_backward, forward, backward, arguments, on_device)

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import cases
 from .cases import Case, Config
 
 
@@ -236,32 +237,7 @@ def bad_arguments(name: str) -> dict[str, dict[str, object]]:
             "v shape": {**a, "v": a["v"][:, :, :4].copy()}}
 
 
-def _raised_error(function, kwargs):
-    """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
-    try:
-        function(**kwargs)
-    except (TypeError, ValueError) as error:
-        return error
-    return None
-
-
 def error_mismatches(name, forward, backward, arguments, on_device=lambda array: array):
-    """Where a backend's ``forward`` and ``backward`` of operator ``name`` fail to raise the
-    NumPy reference's error, same type and message, on ``arguments`` (one of
-    :func:`bad_arguments`) with every array moved by ``on_device``: empty when all match.  The
-    forward is called without grad_output, and only where the reference's forward fails."""
-    reference_forward, reference_backward = references()[name]
-    moved = {k: on_device(v) if isinstance(v, np.ndarray) else v for k, v in arguments.items()}
-    forward_names = [key for key in arguments if key != "grad_output"]
-    mismatches = []
-    for reference, mirror, names in [(reference_backward, backward, list(arguments)),
-                                     (reference_forward, forward, forward_names)]:
-        expected = _raised_error(reference, {key: arguments[key] for key in names})
-        if expected is None:
-            if reference is reference_backward:
-                mismatches.append("the NumPy reference accepts these arguments")
-            continue  # a bad grad_output: only the backward sees it
-        actual = _raised_error(mirror, {key: moved[key] for key in names})
-        if (type(actual), str(actual)) != (type(expected), str(expected)):
-            mismatches.append(f"{reference.__name__}: expected {expected!r}, got {actual!r}")
-    return mismatches
+    """:func:`refdyn.testing.cases.error_mismatches` of a backend's forward and backward of the
+    operator ``name`` (see :func:`references`)."""
+    return cases.error_mismatches(*references()[name], forward, backward, arguments, on_device)
