@@ -4,7 +4,7 @@ REFERENCE.md section 3), shared by :mod:`refdyn.gpu.cupy` (GPU, CuPy arrays) and
 each backend calls :func:`forward` and :func:`backward` with its array module ``xp`` and its
 ``launch(kernel_name, total_threads, args)``.
 
-:class:`RoICall` describes one checked call of any of the four operators (:func:`align_call`,
+:class:`RoICall` describes one checked call of any of the five operators (:func:`align_call`,
 :func:`eq5_call`, :func:`official_call` build it from the NumPy reference's checked
 arguments).  Arrays reach this module validated, C-contiguous and in ``xp``.  Every gradient is
 a gather (roi_pool.cu), so there is no atomic path: the results are the same on every run.
@@ -17,16 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from refdyn._checks import numpy_all_finite
-from refdyn.roi_align_family import check_roi_align_args
+from refdyn.roi_align_family import check_roi_align_args, output_channels
 from refdyn.roi_pooling import check_deform_ps_roi_pool_args, check_deform_roi_pool_args
 from refdyn.roi_pool_args import RoIGeometry, RoIPoolGrads, check_grad_output
 
 from ._cuda_c import KERNEL_SUFFIX
 
-#: The fields of ``struct RoIGeometry`` in roi_pool.cu, in order (15 int64 values).
+#: The fields of ``struct RoIGeometry`` in roi_pool.cu, in order (16 int64 values).
 GEOMETRY_FIELDS = ("batch", "channels", "height", "width", "rois", "pooled_h", "pooled_w",
-                   "out_channels", "kind", "sampling_ratio", "aligned", "group_size", "classes",
-                   "cells_h", "cells_w")
+                   "out_channels", "kind", "sampling_ratio", "aligned", "group_h", "group_w",
+                   "classes", "cells_h", "cells_w")
 
 #: ``enum RoIKind`` in roi_pool.cu.
 ROI_KINDS = {"align": 0, "eq5": 1, "official": 2}
@@ -36,8 +36,10 @@ ROI_KINDS = {"align": 0, "eq5": 1, "official": 2}
 class RoICall:
     """One checked call: the reference's geometry, the kernel's kind and parameters.
 
-    sampling_ratio is sample_per_part for the official kind; classes the offset classes (1
-    except for the official kind); cells the offset grid (the bins, or part_size x part_size);
+    sampling_ratio is sample_per_part for the official kind; groups the position-sensitive
+    score-map groups per output channel (1 x 1, the bins for ps_roi_align, group_size x
+    group_size for the official kind); classes the offset classes (1 except for the official
+    kind); cells the offset grid (the bins, or part_size x part_size);
     gamma is trans_std for the official kind; no_trans (official) ignores the offset.
     """
 
@@ -48,7 +50,7 @@ class RoICall:
     gamma: float
     sampling_ratio: int = 0
     aligned: bool = True
-    group_size: int = 1
+    groups: tuple[int, int] = (1, 1)
     classes: int = 1
     cells: tuple[int, int] = (0, 0)
     no_trans: bool = False
@@ -63,7 +65,7 @@ class RoICall:
         geo = self.geo
         return (geo.batch, geo.channels, geo.height, geo.width, geo.rois, *geo.pooled,
                 self.out_channels, ROI_KINDS[self.kind], self.sampling_ratio, int(self.aligned),
-                self.group_size, self.classes, *self.offset_cells)
+                *self.groups, self.classes, *self.offset_cells)
 
     def scales(self) -> tuple[float, float]:
         """The fields of ``struct RoIScales``: spatial_scale, gamma."""
@@ -86,12 +88,14 @@ class RoICall:
 # the batch-index check; the backends pass a host copy of device RoIs (R x 5 values).
 
 def align_call(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned,
-               gamma, all_finite=numpy_all_finite) -> RoICall:
-    """roi_align (gamma 0, no offsets) and deform_roi_align (always aligned)."""
+               gamma, all_finite=numpy_all_finite, position_sensitive=False) -> RoICall:
+    """roi_align (gamma 0, no offsets), ps_roi_align (also always aligned, one score-map group
+    per bin) and deform_roi_align (always aligned)."""
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale,
-                               sampling_ratio, gamma, all_finite)
-    return RoICall(geo, "align", geo.channels, float(spatial_scale), float(gamma),
-                   int(sampling_ratio), bool(aligned))
+                               sampling_ratio, gamma, all_finite, position_sensitive)
+    return RoICall(geo, "align", output_channels(geo, position_sensitive), float(spatial_scale),
+                   float(gamma), int(sampling_ratio), bool(aligned),
+                   geo.pooled if position_sensitive else (1, 1))
 
 
 def eq5_call(input, rois, offset, output_size, spatial_scale, gamma,
@@ -110,8 +114,8 @@ def official_call(input, rois, offset, spatial_scale, output_dim, group_size, po
                                                 group_size, pooled_size, part_size,
                                                 sample_per_part, trans_std, no_trans, all_finite)
     return RoICall(geo, "official", params.output_dim, float(spatial_scale),
-                   params.trans_std, params.sample_per_part, True, params.group_size,
-                   params.classes, (params.part_size, params.part_size), params.no_trans)
+                   params.trans_std, params.sample_per_part, True,
+                   (params.group_size, params.group_size), params.classes, (params.part_size, params.part_size), params.no_trans)
 
 
 def check_backward(call: RoICall, grad_output) -> None:

@@ -1,6 +1,6 @@
 """The RoI pooling family (REFERENCE.md section 3) in Numba CUDA kernels, exposed in
-:mod:`refdyn.gpu.numba`: ``roi_align``, ``deform_roi_align``, ``deform_roi_pool`` and
-``deform_ps_roi_pool`` and their ``*_backward``.
+:mod:`refdyn.gpu.numba`: ``roi_align``, ``ps_roi_align``, ``deform_roi_align``,
+``deform_roi_pool`` and ``deform_ps_roi_pool`` and their ``*_backward``.
 
 The kernels mirror ``roi_pool.cu`` one for one (its header states the equations, the three
 kinds of bins and the backward): every bin averages a separable grid of bilinear samples
@@ -25,7 +25,8 @@ from . import _cuda_c_roi
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
     _split, cuda
 
-__all__ = ["roi_align", "roi_align_backward", "deform_roi_align", "deform_roi_align_backward",
+__all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_backward",
+           "deform_roi_align", "deform_roi_align_backward",
            "deform_roi_pool", "deform_roi_pool_backward", "deform_ps_roi_pool",
            "deform_ps_roi_pool_backward"]
 
@@ -94,9 +95,15 @@ def _cell_of(kind, i, bins, cells):
 
 
 @cuda.jit(device=True)
-def _group_of(group_size, i, bins):
-    """The position-sensitive group min(floor(i gs / P), gs - 1) of bin i."""
-    return min(i * group_size // bins, group_size - 1)
+def _group_of(i, bins, groups):
+    """The position-sensitive group min(floor(i groups / bins), groups - 1) of bin i."""
+    return min(i * groups // bins, groups - 1)
+
+
+@cuda.jit(device=True)
+def _channel_of(geo, o, i, j):
+    """The input channel (o G_h + g_i) G_w + g_j bin (i, j) of output channel o reads."""
+    return (o * geo[11] + _group_of(i, geo[5], geo[11])) * geo[12] + _group_of(j, geo[6], geo[12])
 
 
 @cuda.jit(device=True)
@@ -107,17 +114,16 @@ def _bin(geo, scales, rois, offset, mask, r, o, i, j):
     ys = _axis(geo, start_h, h, geo[5], i)
     xs = _axis(geo, start_w, w, geo[6], j)
     dm = 1.0 if mask is None else float(mask[r, 0, i, j])
-    channel, channel_y, channel_x = o, 1, 0  # mmcv: channel 0 = x
+    channel, channel_y, channel_x = _channel_of(geo, o, i, j), 1, 0  # mmcv: channel 0 = x
     rule = _ROI_ALIGN
     if kind == _EQ5:
         channel_y, channel_x, rule = 0, 1, _ZEROS  # refdyn's (y, x) order
     elif kind == _OFFICIAL:
-        c, gs = o // (geo[7] // geo[12]), geo[11]
+        c = o // (geo[7] // geo[13])
         channel_x, channel_y, rule = 2 * c, 2 * c + 1, _BORDER
-        channel = (o * gs + _group_of(gs, i, geo[5])) * gs + _group_of(gs, j, geo[6])
     shift_y = shift_x = 0.0
     if offset is not None:  # dp = gamma dp^ o (h, w) (DCNv1 Eq. 6)
-        cell_i, cell_j = _cell_of(kind, i, geo[5], geo[13]), _cell_of(kind, j, geo[6], geo[14])
+        cell_i, cell_j = _cell_of(kind, i, geo[5], geo[14]), _cell_of(kind, j, geo[6], geo[15])
         shift_y = float(offset[r, channel_y, cell_i, cell_j]) * (scales[1] * h)
         shift_x = float(offset[r, channel_x, cell_i, cell_j]) * (scales[1] * w)
     return n, ys, xs, shift_y, shift_x, dm, channel, rule
@@ -224,12 +230,12 @@ def _forward_kernel(total, input, rois, offset, mask, output, geo, scales):
 def _grad_input_kernel(total, rois, offset, mask, grad_output, grad_input, geo, scales):
     """dL/d x[n, ch, q]: go dm / count (sum_a w(q_y, y_a)) (sum_b w(q_x, x_b)) over every bin of
     every RoI of image n reading channel ch, one thread per input element, in a fixed order."""
-    kind, gs = geo[8], geo[11]
+    kind = geo[8]
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         rest, qx = _split(index, geo[3])
         rest, qy = _split(rest, geo[2])
         n, ch = _split(rest, geo[1])
-        o = ch // (gs * gs) if kind == _OFFICIAL else ch
+        o = ch // (geo[11] * geo[12])  # the output channel whose bins read ch
         total_grad = 0.0
         for r in range(geo[4]):
             if int(rois[r, 0]) != n:
@@ -264,18 +270,18 @@ def _grad_offset_mask_kernel(total, input, rois, offset, mask, grad_output, grad
                              grad_mask, geo, scales):
     """dL/d offset (dL/d shift o gamma (h, w)) and dL/d dm, one thread per (r, class, cell):
     the cell's bins and the class's output channels in increasing order."""
-    kind, per_class = geo[8], geo[7] // geo[12]
+    kind, per_class = geo[8], geo[7] // geo[13]
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, cell_j = _split(index, geo[14])
-        rest, cell_i = _split(rest, geo[13])
-        r, c = _split(rest, geo[12])
+        rest, cell_j = _split(index, geo[15])
+        rest, cell_i = _split(rest, geo[14])
+        r, c = _split(rest, geo[13])
         shift_y = shift_x = dm_grad = 0.0
         for o in range(c * per_class, (c + 1) * per_class):
             for i in range(geo[5]):
-                if _cell_of(kind, i, geo[5], geo[13]) != cell_i:
+                if _cell_of(kind, i, geo[5], geo[14]) != cell_i:
                     continue
                 for j in range(geo[6]):
-                    if _cell_of(kind, j, geo[6], geo[14]) != cell_j:
+                    if _cell_of(kind, j, geo[6], geo[15]) != cell_j:
                         continue
                     bin = _bin(geo, scales, rois, offset, mask, r, o, i, j)
                     value, d_y, d_x, count = _bin_sums(geo, input, bin)
@@ -352,6 +358,22 @@ def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.
     :func:`refdyn.roi_align_family.roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
                                   spatial_scale, sampling_ratio, aligned, 0.0, _all_finite)
+    return _backward(call, grad_output, input, rois)
+
+
+def ps_roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1):
+    """torchvision ps_roi_align on the GPU; as :func:`refdyn.roi_align_family.ps_roi_align`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, True, 0.0, _all_finite, True)
+    return _forward(call, input, rois)
+
+
+def ps_roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                          sampling_ratio=-1) -> RoIPoolGrads:
+    """Gradient of :func:`ps_roi_align` (a gather, reproducible); as
+    :func:`refdyn.roi_align_family.ps_roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, True, 0.0, _all_finite, True)
     return _backward(call, grad_output, input, rois)
 
 

@@ -216,6 +216,23 @@ def roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.
     return _roi_backward(call, grad_output, input, rois)
 
 
+def ps_roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1):
+    """torchvision ps_roi_align on the GPU (roi_pool.cu); as
+    :func:`refdyn.roi_align_family.ps_roi_align`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, True, 0.0, _all_finite, True)
+    return _roi_forward(call, input, rois)
+
+
+def ps_roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                          sampling_ratio=-1) -> RoIPoolGrads:
+    """Gradient of :func:`ps_roi_align` on the GPU (a gather: no atomics, reproducible); as
+    :func:`refdyn.roi_align_family.ps_roi_align_backward`."""
+    call = _cuda_c_roi.align_call(input, _host_rois(rois), None, None, output_size,
+                                  spatial_scale, sampling_ratio, True, 0.0, _all_finite, True)
+    return _roi_backward(call, grad_output, input, rois)
+
+
 def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,
                      sampling_ratio=0, gamma=0.1):
     """mmcv DeformRoIPool, modulated by ``mask`` (DCNv2 Eq. 2), on the GPU; as

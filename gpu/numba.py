@@ -1,7 +1,7 @@
 """Deformable convolution in Numba CUDA kernels (DCNv1 Eq. 2; DCNv2 Eq. 1 with a mask), the
 DDF operation (:func:`ddf`, :func:`ddf_backward`, whose kernels live in
 :mod:`refdyn.gpu._numba_ddf`) and the RoI pooling family (:func:`roi_align`,
-:func:`deform_roi_align`, :func:`deform_roi_pool`, :func:`deform_ps_roi_pool` and their
+:func:`ps_roi_align`, :func:`deform_roi_align`, :func:`deform_roi_pool`, :func:`deform_ps_roi_pool` and their
 ``*_backward``, in :mod:`refdyn.gpu._numba_roi`), LS-DFN and DFN (:func:`lsdfn_sample`,
 :func:`lsdfn`, :func:`dfn` and their ``*_backward``, in :mod:`refdyn.gpu._numba_lsdfn`); the
 import guard and host helpers they use are in :mod:`refdyn.gpu._numba_support`).
@@ -53,13 +53,14 @@ from ._numba_mimic import mimic_loss, mimic_loss_backward
 from ._numba_lsdfn import dfn, dfn_backward, lsdfn, lsdfn_backward, lsdfn_sample, \
     lsdfn_sample_backward
 from ._numba_roi import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_align, \
-    deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, roi_align, \
-    roi_align_backward
+    deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, ps_roi_align, \
+    ps_roi_align_backward, roi_align, roi_align_backward
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
     _split, cuda
 
 __all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
-           "ddf", "ddf_backward", "roi_align", "roi_align_backward", "deform_roi_align",
+           "ddf", "ddf_backward", "roi_align", "roi_align_backward", "ps_roi_align",
+           "ps_roi_align_backward", "deform_roi_align",
            "deform_roi_align_backward", "deform_roi_pool", "deform_roi_pool_backward",
            "deform_ps_roi_pool", "deform_ps_roi_pool_backward", "dfn", "dfn_backward",
            "lsdfn_sample", "lsdfn_sample_backward", "lsdfn", "lsdfn_backward", "mimic_loss",

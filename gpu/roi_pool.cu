@@ -1,6 +1,7 @@
 // The RoI pooling family (REFERENCE.md section 3), forward and backward, in CUDA C: torchvision
-// roi_align and mmcv DeformRoIPool with DCNv2's modulation (refdyn/roi_align.py), DCNv1 Eq. 5-6
-// deformable RoI pooling and the official DCN deformable PS RoI pooling (refdyn/roi_pool.py).
+// roi_align and ps_roi_align and mmcv DeformRoIPool with DCNv2's modulation
+// (refdyn/roi_align_family.py), DCNv1 Eq. 5-6 deformable RoI pooling and the official DCN
+// deformable PS RoI pooling (refdyn/roi_pooling.py).
 //
 // Every operator averages bilinear samples x(p) (DCNv1 Eq. 3-4) over the bins of a RoI:
 //
@@ -8,18 +9,22 @@
 //
 // Bin (i, j) of RoI r holds a separable grid of samples y_a (a < S_y) by x_b (b < S_x), each an
 // arithmetic sequence, moved by one shift (dy, dx) per bin; the kinds differ in the sequences,
-// the shift, which samples count, the boundary rule and the channel ch a bin reads:
-//   KIND_ALIGN (roi_align, deform_roi_align): start = corner * scale - 0.5 aligned, size clamped
-//     to >= 1 when not aligned, S = sampling_ratio or ceil(size / P); y_a = start + i h/P +
-//     (a + 1/2) h/(P S); shift = gamma (h, w) o (offset[r, 1], offset[r, 0]) (x first, mmcv);
-//     dm = mask[r, 0, i, j] or 1; roi_align rule; ch = o.
+// the shift, which samples count and the boundary rule:
+//   KIND_ALIGN (roi_align, ps_roi_align, deform_roi_align): start = corner * scale - 0.5
+//     aligned, size clamped to >= 1 when not aligned, S = sampling_ratio or ceil(size / P);
+//     y_a = start + i h/P + (a + 1/2) h/(P S); shift = gamma (h, w) o (offset[r, 1],
+//     offset[r, 0]) (x first, mmcv); dm = mask[r, 0, i, j] or 1; roi_align rule.
 //   KIND_EQ5 (deform_roi_pool, DCNv1 Eq. 5-6): y_a = y1 scale + floor(i h/P) + a for
 //     a < ceil((i + 1) h/P) - floor(i h/P); shift = gamma (h, w) o (offset[r, 0], offset[r, 1]);
-//     zeros rule; ch = o.
+//     zeros rule.
 //   KIND_OFFICIAL (deform_ps_roi_pool): rounded corners, the -0.5 shift, sizes >= 0.1;
 //     y_a = i h/P + start + a h/(P S); shift = trans_std (h, w) o offset[r, 2c + 1 / 2c, cell]
 //     for class c of o and the part cell floor(i/P part); samples beyond the -0.5 / H - 0.5 lines
-//     are not counted, the others read with the border rule; ch = (o gs + g_i) gs + g_j.
+//     are not counted, the others read with the border rule.
+// The channel a bin reads is position-sensitive with G_h x G_w score-map groups per output
+// channel: ch = (o G_h + g_i) G_w + g_j, g_i = min(floor(i G_h / P_h), G_h - 1).  G = 1 x 1
+// gives ch = o (roi_align, deform_roi_align, deform_roi_pool); G = P_h x P_w gives torchvision
+// ps_roi_align's (o P_h + i) P_w + j; G = gs x gs the official PS pooling's (o gs + g_i) gs + g_j.
 // Whether a sample counts and its weights are products of one factor per axis, so the bin's
 // weight on pixel (q_y, q_x) is (sum_a w(q_y, y_a)) (sum_b w(q_x, x_b)): the input gradient is a
 // gather with no floating-point atomics, summed in a fixed order.
@@ -45,12 +50,13 @@ enum RoIKind { KIND_ALIGN = 0, KIND_EQ5 = 1, KIND_OFFICIAL = 2 };
 // The sampling rules of REFERENCE.md section 1 each kind uses.
 enum SampleRule { RULE_ZEROS = 0, RULE_BORDER = 1, RULE_ROI_ALIGN = 2 };
 
-// The sizes of one call: 15 int64 values (sampling_ratio is sample_per_part for KIND_OFFICIAL), in the order of GEOMETRY_FIELDS in _cuda_c_roi.py.
-// out_channels is C (output_dim for KIND_OFFICIAL); classes is 1 except for KIND_OFFICIAL with
-// offsets; cells_h x cells_w is the offset grid (P_h x P_w, or part_size x part_size).
+// The sizes of one call: 16 int64 values (sampling_ratio is sample_per_part for KIND_OFFICIAL), in the order of GEOMETRY_FIELDS in _cuda_c_roi.py.
+// out_channels is C / (group_h group_w); group_h x group_w the score-map groups of the channel
+// mapping (header); classes is 1 except for KIND_OFFICIAL with offsets; cells_h x cells_w is
+// the offset grid (P_h x P_w, or part_size x part_size).
 struct RoIGeometry {
     index_t batch, channels, height, width, rois, pooled_h, pooled_w, out_channels;
-    index_t kind, sampling_ratio, aligned, group_size, classes, cells_h, cells_w;
+    index_t kind, sampling_ratio, aligned, group_h, group_w, classes, cells_h, cells_w;
 
     __device__ index_t pixels() const { return height * width; }
     __device__ index_t bins() const { return pooled_h * pooled_w; }
@@ -159,11 +165,20 @@ __device__ __forceinline__ index_t cell_of(const RoIGeometry& geo, index_t i, in
     return (index_t)floor((double)i / (double)bins * (double)cells);
 }
 
-// The position-sensitive group of bin i: clamp(floor(i gs / P), 0, gs - 1).
-__device__ __forceinline__ index_t group_of(const RoIGeometry& geo, index_t i, index_t bins)
+// The position-sensitive group of bin i of `bins` along an axis with `groups` groups:
+// min(floor(i groups / bins), groups - 1).
+__device__ __forceinline__ index_t group_of(index_t i, index_t bins, index_t groups)
 {
-    const index_t g = i * geo.group_size / bins;
-    return g < geo.group_size - 1 ? g : geo.group_size - 1;
+    const index_t g = i * groups / bins;
+    return g < groups - 1 ? g : groups - 1;
+}
+
+// The input channel bin (i, j) of output channel o reads: (o G_h + g_i) G_w + g_j (header).
+__device__ __forceinline__ index_t channel_of(const RoIGeometry& geo, index_t o, index_t i,
+                                              index_t j)
+{
+    return (o * geo.group_h + group_of(i, geo.pooled_h, geo.group_h)) * geo.group_w
+           + group_of(j, geo.pooled_w, geo.group_w);
 }
 
 // Bin (i, j) of output channel o of RoI r: its samples, shift, modulation, input channel, rule.
@@ -185,7 +200,7 @@ __device__ Bin make_bin(const RoIGeometry& geo, const RoIScales& scales, const s
     bin.ys = make_axis(geo, bin.roi.start_h, bin.roi.h, geo.pooled_h, i);
     bin.xs = make_axis(geo, bin.roi.start_w, bin.roi.w, geo.pooled_w, j);
     bin.dm = mask == nullptr ? 1.0 : (double)mask[(r * geo.pooled_h + i) * geo.pooled_w + j];
-    bin.channel = o;
+    bin.channel = channel_of(geo, o, i, j);
     bin.rule = geo.kind == KIND_ALIGN ? RULE_ROI_ALIGN
                                       : (geo.kind == KIND_EQ5 ? RULE_ZEROS : RULE_BORDER);
     index_t channel_y = 1, channel_x = 0;  // mmcv: channel 0 = x
@@ -193,10 +208,9 @@ __device__ Bin make_bin(const RoIGeometry& geo, const RoIScales& scales, const s
         channel_y = 0;  // refdyn's (y, x) order
         channel_x = 1;
     } else if (geo.kind == KIND_OFFICIAL) {
-        const index_t c = o / geo.per_class(), gs = geo.group_size;
+        const index_t c = o / geo.per_class();
         channel_x = 2 * c;
         channel_y = 2 * c + 1;
-        bin.channel = (o * gs + group_of(geo, i, geo.pooled_h)) * gs + group_of(geo, j, geo.pooled_w);
     }
     const index_t cell = cell_of(geo, i, geo.pooled_h, geo.cells_h) * geo.cells_w
                          + cell_of(geo, j, geo.pooled_w, geo.cells_w);
@@ -354,12 +368,11 @@ __device__ void grad_input(const RoIGeometry geo, const RoIScales scales, const 
                            const scalar_t* offset, const scalar_t* mask,
                            const scalar_t* grad_output, scalar_t* grad_x)
 {
-    const index_t gs = geo.group_size;
     GRID_STRIDE_LOOP(idx, geo.batch * geo.channels * geo.pixels()) {
         const index_t qx = idx % geo.width, qy = idx / geo.width % geo.height;
         const index_t ch = idx / geo.pixels() % geo.channels, n = idx / (geo.pixels() * geo.channels);
-        // The output channel reading ch, and for KIND_OFFICIAL its bins' groups (g_i, g_j).
-        const index_t o = geo.kind == KIND_OFFICIAL ? ch / (gs * gs) : ch;
+        // The output channel whose bins read ch (those of its groups (g_i, g_j)).
+        const index_t o = ch / (geo.group_h * geo.group_w);
         double sum = 0.0;
         for (index_t r = 0; r < geo.rois; ++r) {
             if ((index_t)rois[5 * r] != n) continue;

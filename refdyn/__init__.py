@@ -18,7 +18,7 @@ from .large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_kernels,
 from .lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads
 from .feature_mimic import mimic_loss, mimic_loss_backward
 from .roi_align_family import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
-    roi_align, roi_align_backward
+    ps_roi_align, ps_roi_align_backward, roi_align, roi_align_backward
 from .roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
     deform_roi_pool_backward, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
 from .roi_pool_args import RoIPoolGrads
@@ -27,7 +27,7 @@ __all__ = ["active_conv2d", "active_conv2d_backward", "deform_conv2d", "deform_c
            "DeformConvGrads", "ddf", "ddf_backward", "filter_norm", "filter_norm_backward",
            "gradcheck", "mimic_loss", "mimic_loss_backward", "deform_roi_align",
            "deform_roi_align_backward", "modulated_deform_roi_pool", "roi_align",
-           "roi_align_backward", "deform_ps_roi_pool", "deform_ps_roi_pool_backward",
+           "roi_align_backward", "ps_roi_align", "ps_roi_align_backward", "deform_ps_roi_pool", "deform_ps_roi_pool_backward",
            "deform_roi_pool", "deform_roi_pool_backward", "ps_roi_pool", "ps_roi_pool_backward",
            "roi_pool", "roi_pool_backward", "RoIPoolGrads", "dfn", "dfn_backward",
            "DFNGrads", "lsdfn", "lsdfn_backward", "lsdfn_kernels", "lsdfn_sample",

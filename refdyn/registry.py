@@ -166,6 +166,9 @@ def _roi_operator(name: str, module: str, summary: str, differentiable, linear, 
 ROI_ALIGN = _roi_operator("roi_align", "roi_align_family",
                           "RoIAlign, torchvision semantics (aligned flag, adaptive sampling_ratio)",
                           ("input",), ("input",), ())
+PS_ROI_ALIGN = _roi_operator("ps_roi_align", "roi_align_family",
+                             "position-sensitive RoIAlign, torchvision semantics (always aligned)",
+                             ("input",), ("input",), ())
 DEFORM_ROI_ALIGN = _roi_operator(
     "deform_roi_align", "roi_align_family",
     "mmcv DeformRoIPool on RoIAlign (offsets x first); with a mask DCNv2 Eq. 2 modulated pooling",
@@ -232,7 +235,7 @@ DFN = Operator(
 
 OPERATORS: dict[str, Operator] = {op.name: op for op in (BILINEAR_SAMPLE, DEFORM_CONV2D,
                                                           ACTIVE_CONV2D, DDF, ROI_ALIGN,
-                                                          DEFORM_ROI_ALIGN, DEFORM_ROI_POOL,
+                                                          PS_ROI_ALIGN, DEFORM_ROI_ALIGN, DEFORM_ROI_POOL,
                                                           DEFORM_PS_ROI_POOL, MIMIC_LOSS,
                                                           LSDFN_SAMPLE, LSDFN, DFN)}
 BACKENDS = ("literal", "vectorized", "host", "numba", "cupy")

@@ -1,4 +1,5 @@
-"""RoIAlign (torchvision) and the deformable and modulated RoI pooling built on it (mmcv).
+"""RoIAlign and PS RoIAlign (torchvision), and the deformable and modulated RoI pooling built on
+RoIAlign (mmcv).
 
 ``roi_align`` follows torchvision's ``roi_align`` (REFERENCE.md section 3).  In feature-map
 pixels a RoI starts at (y1, x1) * spatial_scale - o, o = 0.5 when ``aligned`` else 0, and has
@@ -11,6 +12,16 @@ adaptive rule; a RoI of size 0 then has no samples and pools to 0):
 
 with the ``roi_align`` sampling rule of :mod:`refdyn.bilinear` (0 beyond one pixel outside the
 image, clamped into it otherwise).
+
+``ps_roi_align`` is torchvision's position-sensitive RoIAlign (R-FCN's PS pooling on this grid):
+always half-pixel aligned with no size clamp (as ``aligned=True``), and bin (i, j) of output
+channel c reads its own input channel (c P_h + i) P_w + j of an input with C = C_out P_h P_w
+channels:
+
+    y(c, i, j) = sum_{a, b} x_{(c P_h + i) P_w + j}(p_ijab) / max(g_h g_w, 1)
+
+(torchvision divides by g_h g_w unclamped, so a RoI of zero size with the adaptive grid gives
+0 / 0 = NaN there; refdyn pools it to 0, as ``roi_align``).
 
 ``deform_roi_align`` is mmcv's ``DeformRoIPool`` (DCNv1 Eq. 6 on this grid): always half-pixel
 aligned, no size clamp, and bin (i, j) moved by (gamma w dx^_ij, gamma h dy^_ij) with offsets
@@ -41,16 +52,26 @@ BOUNDARY = "roi_align"
 
 
 def check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                         gamma, all_finite: Callable = numpy_all_finite):
+                         gamma, all_finite: Callable = numpy_all_finite,
+                         position_sensitive: bool = False):
     """The checks of every operator of this module (``all_finite`` tests device arrays on the
-    GPU backends)."""
+    GPU backends); position-sensitive pooling needs C = C_out P_h P_w input channels."""
     geo = check_roi_input(input, rois, output_size, spatial_scale, all_finite)
+    bins = geo.pooled[0] * geo.pooled[1]
+    if position_sensitive and geo.channels % bins:
+        raise ValueError(f"input must have shape (N, C_out * P_h * P_w, H, W): a multiple of "
+                         f"P_h * P_w = {bins} channels, got {tuple(input.shape)}")
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int (<= 0: adaptive), got {sampling_ratio!r}")
     check_finite_number(gamma, "gamma")
     check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)", all_finite)
     check_bin_array(mask, "mask", geo, 1, geo.pooled, "(R, 1, P_h, P_w)", all_finite)
     return geo
+
+
+def output_channels(geo, position_sensitive: bool) -> int:
+    """C_out: C / (P_h P_w) for position-sensitive pooling, else C."""
+    return geo.channels // (geo.pooled[0] * geo.pooled[1]) if position_sensitive else geo.channels
 
 
 def _aligned_roi(roi, spatial_scale, aligned):
@@ -75,8 +96,10 @@ def _axis_samples(start, size, bins, grid):
     return (start + np.arange(bins) * bin_size)[:, None] + (np.arange(grid) + 0.5) * bin_size / grid
 
 
-def _literal(input, rois, offset, mask, geo, spatial_scale, sampling_ratio, aligned, gamma):
-    """Every (r, n, c, i, j, points, scale_y, scale_x, dm) of the pooled bins, by loops."""
+def _literal(input, rois, offset, mask, geo, spatial_scale, sampling_ratio, aligned, gamma,
+             position_sensitive):
+    """Every (r, n, c, ch, i, j, points, scale_y, scale_x, dm) of the pooled bins, by loops:
+    output channel c of bin (i, j) reads input channel ch (c, or (c P_h + i) P_w + j)."""
     p_h, p_w = geo.pooled
     for r in range(geo.rois):
         n, start_h, start_w, h, w = _aligned_roi(rois[r], spatial_scale, aligned)
@@ -90,33 +113,38 @@ def _literal(input, rois, offset, mask, geo, spatial_scale, sampling_ratio, alig
                            start_w + j * bin_w + (b + 0.5) * bin_w / g_w + shift_x)
                           for a in range(g_h) for b in range(g_w)]
                 dm = 1.0 if mask is None else float(mask[r, 0, i, j])
-                for c in range(geo.channels):
-                    yield r, n, c, i, j, points, gamma * h, gamma * w, dm
+                for c in range(output_channels(geo, position_sensitive)):
+                    ch = (c * p_h + i) * p_w + j if position_sensitive else c
+                    yield r, n, c, ch, i, j, points, gamma * h, gamma * w, dm
 
 
 def _forward_literal(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                     aligned, gamma):
-    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
-    out = np.zeros((geo.rois, geo.channels) + geo.pooled)
-    for r, n, c, i, j, points, _, _, dm in _literal(input, rois, offset, mask, geo, spatial_scale,
-                                                    sampling_ratio, aligned, gamma):
-        total = sum(sample_point(input[n, c], y, x, BOUNDARY) for y, x in points)
+                     aligned, gamma, position_sensitive=False):
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                               gamma, position_sensitive=position_sensitive)
+    out = np.zeros((geo.rois, output_channels(geo, position_sensitive)) + geo.pooled)
+    for r, n, c, ch, i, j, points, _, _, dm in _literal(input, rois, offset, mask, geo, spatial_scale,
+                                                        sampling_ratio, aligned, gamma,
+                                                        position_sensitive):
+        total = sum(sample_point(input[n, ch], y, x, BOUNDARY) for y, x in points)
         out[r, c, i, j] = dm * total / max(len(points), 1)        # dm_k sum_j x(p_kj + dp_k) / n_k
     return out.astype(geo.dtype)
 
 
 def _backward_literal(grad_output, input, rois, offset, mask, output_size, spatial_scale,
-                      sampling_ratio, aligned, gamma) -> RoIPoolGrads:
-    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
-    check_grad_output(grad_output, geo, geo.channels)
+                      sampling_ratio, aligned, gamma, position_sensitive=False) -> RoIPoolGrads:
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                               gamma, position_sensitive=position_sensitive)
+    check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape)
     grad_offset = None if offset is None else np.zeros(offset.shape)
     grad_mask = None if mask is None else np.zeros(mask.shape)
-    for r, n, c, i, j, points, scale_y, scale_x, dm in _literal(
-            input, rois, offset, mask, geo, spatial_scale, sampling_ratio, aligned, gamma):
+    for r, n, c, ch, i, j, points, scale_y, scale_x, dm in _literal(
+            input, rois, offset, mask, geo, spatial_scale, sampling_ratio, aligned, gamma,
+            position_sensitive):
         go = grad_output[r, c, i, j] / max(len(points), 1)
         for y, x in points:
-            scatter_point(grad_input[n, c], y, x, go * dm, BOUNDARY)
+            scatter_point(grad_input[n, ch], y, x, go * dm, BOUNDARY)
             if mask is not None:
                 grad_mask[r, 0, i, j] += go * sample_point(input[n, c], y, x, BOUNDARY)
             if offset is not None:
@@ -135,8 +163,10 @@ def align_grid(roi, pooled, spatial_scale, sampling_ratio, aligned, gamma) -> Bi
                    np.ones((p_h, g_h), bool), np.ones((p_w, g_w), bool), gamma * h, gamma * w)
 
 
-def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma) -> BinAverages:
-    """The (moved) bins of RoI r, vectorized."""
+def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma,
+              position_sensitive) -> BinAverages:
+    """The (moved) bins of RoI r, vectorized; position-sensitive bins read their own channels
+    (c P_h + i) P_w + j, the input's channels in order when reshaped to (C_out, P_h, P_w)."""
     grid = align_grid(rois[r], geo.pooled, spatial_scale, sampling_ratio, aligned, gamma)
     p_h, p_w = geo.pooled
     if offset is None:
@@ -145,27 +175,36 @@ def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligne
         shift_x = offset[r, :1].astype(np.float64) * grid.scale_x
         shift_y = offset[r, 1:].astype(np.float64) * grid.scale_y
     y, x, valid = grid.points(shift_y, shift_x)
-    return BinAverages(input[grid.batch_index], y, x, averaging_weight(valid)[None], BOUNDARY)
+    channel_map = group_map = None
+    if position_sensitive:
+        channel_map = np.arange(geo.channels).reshape((-1,) + geo.pooled)
+        group_map = np.zeros(channel_map.shape[0], dtype=np.int64)
+    return BinAverages(input[grid.batch_index], y, x, averaging_weight(valid)[None], BOUNDARY,
+                       channel_map, group_map)
 
 
-def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned, gamma):
-    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
-    out = np.zeros((geo.rois, geo.channels) + geo.pooled, dtype=geo.dtype)
+def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned, gamma,
+             position_sensitive=False):
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                               gamma, position_sensitive=position_sensitive)
+    out = np.zeros((geo.rois, output_channels(geo, position_sensitive)) + geo.pooled, dtype=geo.dtype)
     for r in range(geo.rois):
         out[r] = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned,
-                           gamma).values()
+                           gamma, position_sensitive).values()
     return out if mask is None else out * mask
 
 
 def _backward(grad_output, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-              aligned, gamma) -> RoIPoolGrads:
-    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, gamma)
-    check_grad_output(grad_output, geo, geo.channels)
+              aligned, gamma, position_sensitive=False) -> RoIPoolGrads:
+    geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
+                               gamma, position_sensitive=position_sensitive)
+    check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape, dtype=geo.dtype)
     grad_offset = None if offset is None else np.zeros(offset.shape, dtype=geo.dtype)
     grad_mask = None if mask is None else np.zeros(mask.shape, dtype=geo.dtype)
     for r in range(geo.rois):
-        bins = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma)
+        bins = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma,
+                         position_sensitive)
         go = grad_output[r] if mask is None else grad_output[r] * mask[r]     # dL/d(bin average)
         bins.scatter(grad_input[int(rois[r, 0])], go)
         if mask is not None:
@@ -213,6 +252,40 @@ def roi_align_backward_literal(grad_output, input, rois, output_size=7, spatial_
     """:func:`roi_align_backward` by loops."""
     return _backward_literal(grad_output, input, rois, None, None, output_size, spatial_scale,
                              sampling_ratio, bool(aligned), 0.0)
+
+
+def ps_roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1):
+    """torchvision ``ps_roi_align``: input (N, C_out * P_h * P_w, H, W), rois (R, 5) ->
+    (R, C_out, P_h, P_w).
+
+    Bin (i, j) of output channel c averages the samples of input channel (c P_h + i) P_w + j
+    on the RoIAlign grid of a half-pixel aligned RoI (no size clamp); sampling_ratio <= 0 is
+    the adaptive ceil(roi size / P).
+    """
+    return _forward(input, rois, None, None, output_size, spatial_scale, sampling_ratio, True,
+                    0.0, position_sensitive=True)
+
+
+def ps_roi_align_backward(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                          sampling_ratio=-1) -> RoIPoolGrads:
+    """Gradient of :func:`ps_roi_align` with respect to the input: grad_output (R, C_out, P_h,
+    P_w) -> grad_input (N, C_out P_h P_w, H, W), each bin scattering go / count with the
+    bilinear weights into its own channel (no RoI gradient)."""
+    return _backward(grad_output, input, rois, None, None, output_size, spatial_scale,
+                     sampling_ratio, True, 0.0, position_sensitive=True)
+
+
+def ps_roi_align_literal(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1):
+    """:func:`ps_roi_align` by loops over RoIs, bins, output channels and samples."""
+    return _forward_literal(input, rois, None, None, output_size, spatial_scale, sampling_ratio,
+                            True, 0.0, position_sensitive=True)
+
+
+def ps_roi_align_backward_literal(grad_output, input, rois, output_size=7, spatial_scale=1.0,
+                                  sampling_ratio=-1) -> RoIPoolGrads:
+    """:func:`ps_roi_align_backward` by loops."""
+    return _backward_literal(grad_output, input, rois, None, None, output_size, spatial_scale,
+                             sampling_ratio, True, 0.0, position_sensitive=True)
 
 
 def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial_scale=1.0,

@@ -1,7 +1,8 @@
 """The GPU mirrors of the RoI pooling family (gpu/roi_pool.cu through refdyn.gpu.host and
 refdyn.gpu.cupy, gpu/_numba_roi.py through refdyn.gpu.numba) against the NumPy reference.
 
-Forward and every gradient of roi_align, deform_roi_align (with and without offsets and mask),
+Forward and every gradient of roi_align, ps_roi_align, deform_roi_align (with and without
+offsets and mask),
 deform_roi_pool and deform_ps_roi_pool on the fixed example configurations (both dtypes, RoIs
 inside, partly and wholly outside, zero-size and integer RoIs, empty RoI lists), samples on the
 official -0.5 / W - 0.5 skip lines, several launch grids (the gathers are bitwise reproducible),
@@ -18,9 +19,11 @@ from refdyn.gpu import backend_problem
 from refdyn.registry import OPERATORS
 from refdyn.testing.cases import close_enough, mismatch_report
 from refdyn.testing.roi_cases import ROI_OPERATORS, RoIPoolConfig, make_case, roi_align_examples, \
-    deform_ps_roi_pool_examples, deform_roi_align_examples, deform_roi_pool_examples
+    deform_ps_roi_pool_examples, deform_roi_align_examples, deform_roi_pool_examples, \
+    ps_roi_align_examples
 
-EXAMPLES = {"roi_align": roi_align_examples, "deform_roi_align": deform_roi_align_examples,
+EXAMPLES = {"roi_align": roi_align_examples, "ps_roi_align": ps_roi_align_examples,
+            "deform_roi_align": deform_roi_align_examples,
             "deform_roi_pool": deform_roi_pool_examples,
             "deform_ps_roi_pool": deform_ps_roi_pool_examples}
 PS_EXTRA = {"classes": 2, "part_size": 1}
@@ -182,6 +185,9 @@ def bad_arguments(name):
     if name == "deform_ps_roi_pool":
         problems["sample_per_part 0"] = (arrays, {**params, "sample_per_part": 0})
     else:
+        if name == "ps_roi_align":
+            problems["channels not a multiple of P_h P_w"] = (
+                {**arrays, "input": arrays["input"][:, 1:].copy()}, params)
         problems["output_size 0"] = (arrays, {**params, "output_size": 0})
     return case, problems
 

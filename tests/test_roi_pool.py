@@ -9,13 +9,14 @@ from hypothesis import given
 from refdyn.bilinear import make_stencil, sample_point, sample_point_grad
 from refdyn.feature_mimic import mimic_loss, mimic_loss_backward
 from refdyn.roi_align_family import deform_roi_align, deform_roi_align_backward, \
-    modulated_deform_roi_pool, roi_align, roi_align_backward
+    modulated_deform_roi_pool, ps_roi_align, ps_roi_align_backward, ps_roi_align_literal, \
+    roi_align, roi_align_backward
 from refdyn.roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, \
     deform_ps_roi_pool_literal, deform_roi_pool, deform_roi_pool_backward, \
     deform_roi_pool_literal, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
 from refdyn.testing.roi_cases import make_case
 from refdyn.testing.strategies import deform_ps_roi_pool_configs, deform_roi_align_configs, \
-    deform_roi_pool_configs
+    deform_roi_pool_configs, ps_roi_align_configs
 
 RNG = np.random.default_rng(7)
 IMAGE = RNG.standard_normal((2, 3, 5, 6))
@@ -80,6 +81,58 @@ def test_mmcv_deform_pool_with_zero_offsets_is_aligned_roi_align(config):
         roi_align_backward(case.grad_output, a["input"], a["rois"], p["output_size"],
                            p["spatial_scale"], p["sampling_ratio"], aligned=True).grad_input,
         rtol=1e-13, atol=1e-13)
+
+
+@given(ps_roi_align_configs(dtypes=("float64",)))
+def test_ps_roi_align_is_aligned_roi_align_read_on_each_bins_own_channel(config):
+    """ps[r, c, i, j] = roi_align(aligned=True)[r, (c P_h + i) P_w + j, i, j]: both average the
+    same samples of one channel; the backward is roi_align's with grad_output zero elsewhere."""
+    case = make_case(config)
+    a, p = case.arrays, case.params
+    (p_h, p_w), out_channels = p["output_size"], case.grad_output.shape[1]
+    full = roi_align(a["input"], a["rois"], aligned=True, **p)
+    full = full.reshape((len(a["rois"]), out_channels, p_h, p_w, p_h, p_w))
+    i, j = np.meshgrid(np.arange(p_h), np.arange(p_w), indexing="ij")
+    np.testing.assert_allclose(ps_roi_align(a["input"], a["rois"], **p), full[:, :, i, j, i, j],
+                               rtol=1e-13, atol=1e-13)
+    spread = np.zeros(full.shape)
+    spread[:, :, i, j, i, j] = case.grad_output
+    spread = spread.reshape((len(a["rois"]), out_channels * p_h * p_w, p_h, p_w))
+    np.testing.assert_allclose(
+        ps_roi_align_backward(case.grad_output, a["input"], a["rois"], **p).grad_input,
+        roi_align_backward(spread, a["input"], a["rois"], aligned=True, **p).grad_input,
+        rtol=1e-13, atol=1e-13)
+
+
+def test_ps_roi_align_with_one_bin_is_aligned_roi_align():
+    boxes = rois([0, 0.3, -0.7, 4.2, 3.9], [1, -2, 1, 9, 2.5], [0, 2.3, 1.7, 2.3, 1.7])
+    for ratio in (0, 2):
+        np.testing.assert_array_equal(ps_roi_align(IMAGE, boxes, 1, 0.5, ratio),
+                                      roi_align(IMAGE, boxes, 1, 0.5, ratio, aligned=True))
+
+
+@pytest.mark.parametrize("implementation", [ps_roi_align, ps_roi_align_literal])
+@pytest.mark.parametrize("ratio", [0, 2])
+def test_ps_roi_align_hand_computed(implementation, ratio):
+    """Channel k = 10 k + x + 100 y is affine, so a bin's average is its value at the mean sample
+    point.  RoI x 0.5..4.5, y 0.5..2.5 becomes (-0.5 shift) x 0..4, y 0..2: 2 x 2 bins of 1 x 2
+    pixels, mean sample (i + 1/2, 2 j + 1) (the adaptive grid is 1 x 2, the fixed one 2 x 2)."""
+    y, x = np.mgrid[0:3, 0:5].astype(np.float64)
+    image = np.stack([10 * k + x + 100 * y for k in range(8)])[None]     # C_out = 2, P = 2 x 2
+    out = implementation(image, rois([0, 0.5, 0.5, 4.5, 2.5]), 2, 1.0, ratio)
+    c, i, j = np.meshgrid(range(2), range(2), range(2), indexing="ij")
+    np.testing.assert_allclose(out[0], 10 * ((c * 2 + i) * 2 + j) + (2 * j + 1) + 100 * (i + 0.5),
+                               rtol=1e-14)
+
+
+def test_ps_roi_align_zero_size_and_empty_rois():
+    image = IMAGE[:, :2]                                  # C_out = 1 with 1 x 2 bins
+    zero_size = rois([0, 2.3, 1.7, 2.3, 1.7])
+    assert not np.any(ps_roi_align(image, zero_size, (1, 2)))  # adaptive: no samples, 0 (not NaN)
+    np.testing.assert_allclose(ps_roi_align(image, zero_size, (1, 2), sampling_ratio=1)[0, 0, 0],
+                               [sample_point(IMAGE[0, k], 1.2, 1.8, "roi_align") for k in range(2)])
+    assert ps_roi_align(image, rois(), (1, 2)).shape == (0, 1, 1, 2)
+    assert not np.any(ps_roi_align_backward(np.zeros((0, 1, 1, 2)), image, rois(), (1, 2)).grad_input)
 
 
 @given(deform_roi_align_configs(dtypes=("float64",)))
@@ -224,6 +277,11 @@ def test_mimic_loss_values():
      ValueError, r"classes dividing output_dim"),
     (lambda: deform_ps_roi_pool(IMAGE, rois([0, 0, 0, 1, 1]), None, output_dim=3, sample_per_part=0),
      ValueError, r"sample_per_part must be >= 1"),
+    (lambda: ps_roi_align(IMAGE, rois([0, 0, 0, 1, 1]), 2), ValueError,
+     r"input must have shape \(N, C_out \* P_h \* P_w, H, W\): a multiple of P_h \* P_w = 4 "
+     r"channels, got \(2, 3, 5, 6\)"),
+    (lambda: ps_roi_align_backward(np.zeros((1, 3, 1, 3)), IMAGE, rois([0, 0, 0, 1, 1]), (1, 3)),
+     ValueError, r"grad_output must have shape \(R, C_out, P_h, P_w\) = \(1, 1, 1, 3\)"),
     (lambda: roi_align_backward(np.zeros((1, 3, 3, 3)), IMAGE, rois([0, 0, 0, 1, 1]), 2), ValueError,
      r"grad_output must have shape \(R, C_out, P_h, P_w\)"),
     (lambda: mimic_loss(np.zeros((2, 3)), np.zeros((2, 4))), ValueError, r"target must have shape"),

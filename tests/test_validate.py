@@ -124,3 +124,79 @@ def test_onnx_candidates_see_a_planted_layout_error():
                              boundaries=("zeros",), dtypes=("float32",), derandomize=True)
     assert not result.ok and "samples at offset group" in result.counterexample
     assert np.isfinite(result.max_abs_error) and result.max_abs_error > 1e-3
+
+
+def test_torchvision_suites_cover_issue_7_without_building_candidates():
+    """deform_conv2d, roi_align and ps_roi_align, forward and backward; building the suites
+    imports nothing from torchvision (the not-installed path above stays cheap)."""
+    suites = targets.TARGETS["torchvision"].suites()
+    covered = {(suite.operator, suite.direction) for suite in suites}
+    assert covered == {(operator, direction) for operator in ("deform_conv2d", "roi_align",
+                                                              "ps_roi_align")
+                       for direction in ("forward", "backward")}
+    assert all(suite.classes for suite in suites)
+
+
+def test_zero_size_adaptive_ps_roi_align_configs_are_left_out():
+    from refdyn.testing.roi_cases import RoIPoolConfig
+
+    def config(**kwargs):
+        return RoIPoolConfig(operator="ps_roi_align", **kwargs)
+
+    excluded = targets.empty_adaptive_ps_roi_align
+    assert excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=0))
+    assert not excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=2))
+    assert not excluded("ps_roi_align", config(roi_kind="inside", sampling_ratio=0))
+    assert not excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=0, rois=0))
+    assert not excluded("roi_align", config(roi_kind="zero_size", sampling_ratio=0))
+
+
+def fake_torchvision(monkeypatch):
+    """``torchvision.ops.ps_roi_align`` with torchvision's signature, computed by refdyn through
+    a torch autograd Function: it exercises the target's argument passing and autograd path."""
+    import sys
+    import types
+
+    torch = pytest.importorskip("torch")
+
+    class PSRoIAlign(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, input, boxes, output_size, spatial_scale, sampling_ratio):
+            ctx.save_for_backward(input, boxes)
+            ctx.params = (output_size, spatial_scale, sampling_ratio)
+            return torch.from_numpy(refdyn.ps_roi_align(input.detach().numpy(), boxes.numpy(),
+                                                        *ctx.params))
+
+        @staticmethod
+        def backward(ctx, grad):
+            input, boxes = ctx.saved_tensors
+            grads = refdyn.ps_roi_align_backward(grad.numpy(), input.detach().numpy(),
+                                                 boxes.numpy(), *ctx.params)
+            return torch.from_numpy(grads.grad_input), None, None, None, None
+
+    def ps_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1):
+        assert isinstance(output_size, tuple) and isinstance(sampling_ratio, int)
+        return PSRoIAlign.apply(input, boxes, output_size, spatial_scale, sampling_ratio)
+
+    ops = types.ModuleType("torchvision.ops")
+    ops.ps_roi_align = ps_roi_align
+    package = types.ModuleType("torchvision")
+    package.ops = ops
+    monkeypatch.setitem(sys.modules, "torchvision", package)
+    monkeypatch.setitem(sys.modules, "torchvision.ops", ops)
+
+
+def test_torchvision_ps_roi_align_suites_run_through_a_stand_in(monkeypatch, capsys, tmp_path):
+    fake_torchvision(monkeypatch)
+    real = targets.TARGETS["torchvision"]
+    suites = [suite for suite in real.suites() if suite.operator == "ps_roi_align"]
+    stand_in = Target("torchvision-stand-in", real.description, (), real.install,
+                      lambda: suites, lambda: real.known_differences()[1:])
+    status, output = run(monkeypatch, capsys, stand_in, "--json", str(tmp_path / "tv.json"))
+    assert status == 0, output
+    report = json.loads((tmp_path / "tv.json").read_text())
+    directions = {(c["operator"], c["direction"]) for c in report["classes"]}
+    assert directions == {("ps_roi_align", "forward"), ("ps_roi_align", "backward")}
+    assert all(c["examples"] >= 1 for c in report["classes"])
+    known = output.split("Known convention differences")[1]
+    assert "0 NaN of 8 outputs, refdyn 0 (all 0)" in known     # the stand-in divides like refdyn

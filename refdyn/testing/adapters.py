@@ -8,8 +8,9 @@ for :func:`refdyn.testing.check_forward`.
 
 torchvision (``torchvision.ops``): ``deform_conv2d(input, offset, weight, bias, stride, padding,
 dilation, mask)``, ``roi_align(input, boxes, output_size, spatial_scale, sampling_ratio,
-aligned)`` with boxes (K, 5) are refdyn's own layouts and argument orders; call
-:func:`refdyn.deform_conv2d` and :func:`refdyn.roi_align` directly.  Its offset gradient at a
+aligned)`` and ``ps_roi_align(input, boxes, output_size, spatial_scale, sampling_ratio)`` with
+boxes (K, 5) are refdyn's own layouts and argument orders; call :func:`refdyn.deform_conv2d`,
+:func:`refdyn.roi_align` and :func:`refdyn.ps_roi_align` directly.  Its offset gradient at a
 coordinate of exactly -1 is the right derivative: ``coord_grad="torchvision"``
 (pytorch/vision issue 6885).
 

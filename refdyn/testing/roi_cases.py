@@ -25,7 +25,10 @@ from ..roi_align_family import align_grid
 from ..roi_pooling import PSRoIParams, eq5_grid, official_grid, official_roi, part_cells
 from .cases import Case, Config
 
-ROI_OPERATORS = ("roi_align", "deform_roi_align", "deform_roi_pool", "deform_ps_roi_pool")
+ROI_OPERATORS = ("roi_align", "ps_roi_align", "deform_roi_align", "deform_roi_pool",
+                 "deform_ps_roi_pool")
+#: The RoIAlign operators with neither offsets nor mask (torchvision's).
+ALIGN_WITHOUT_OFFSETS = ("roi_align", "ps_roi_align")
 ROI_KINDS = ("inside", "partly_outside", "outside", "zero_size", "integer", "mixed")
 OFFSET_KINDS = ("kink_free", "zero", "normal")
 KINK_FREE_OFFSET_KINDS = ("kink_free",)
@@ -36,8 +39,9 @@ KINK_FREE_MARGIN = 0.02
 class RoIPoolConfig(Config):
     """One RoI pooling call: input (batch, channels, height, width), ``rois`` RoIs, P_h x P_w bins.
 
-    channels is per output channel and score map for the PS operator: its input has
-    output_dim * group_size**2 channels with output_dim = channels.
+    channels is per output channel for the position-sensitive operators: the input of
+    deform_ps_roi_pool has output_dim * group_size**2 channels with output_dim = channels, that
+    of ps_roi_align channels * P_h * P_w.
     """
 
     operator: str = "deform_roi_align"
@@ -138,6 +142,8 @@ def make_case(config: RoIPoolConfig) -> Case:
     ps = op == "deform_ps_roi_pool"
     pooled = (config.pooled[0], config.pooled[0]) if ps else tuple(config.pooled)
     in_channels = config.channels * config.group_size ** 2 if ps else config.channels
+    if op == "ps_roi_align":
+        in_channels = config.channels * pooled[0] * pooled[1]
     scale = config.spatial_scale
     rois = make_rois(config.roi_kind, config.rois, max(config.batch, 1), config.height / scale,
                      config.width / scale, rng)
@@ -165,14 +171,14 @@ def make_case(config: RoIPoolConfig) -> Case:
         else:
             params = {"output_size": pooled, "spatial_scale": scale,
                       "sampling_ratio": config.sampling_ratio}
-            aligned = True if op == "deform_roi_align" else config.aligned
+            aligned = config.aligned if op == "roi_align" else True
             if op == "deform_roi_align":
                 params["gamma"] = config.gamma
-            else:
+            elif op == "roi_align":
                 params["aligned"] = config.aligned
             grids = [align_grid(roi, pooled, scale, config.sampling_ratio, aligned, config.gamma)
                      for roi in rois]
-    if op != "roi_align":
+    if op not in ALIGN_WITHOUT_OFFSETS:
         offset = None
         if config.with_offset:
             if config.offset_kind == "kink_free":
@@ -197,8 +203,8 @@ def make_case(config: RoIPoolConfig) -> Case:
                         for name, value in arrays.items()},
                 params=params, grad_output=grad_output.astype(dtype),
                 description=config.describe(),
-                kink_free=config.offset_kind in KINK_FREE_OFFSET_KINDS or op == "roi_align"
-                or not config.with_offset)
+                kink_free=config.offset_kind in KINK_FREE_OFFSET_KINDS
+                or op in ALIGN_WITHOUT_OFFSETS or not config.with_offset)
 
 
 def _examples(operator: str, thorough: bool, **extra) -> list[RoIPoolConfig]:
@@ -227,6 +233,10 @@ def _examples(operator: str, thorough: bool, **extra) -> list[RoIPoolConfig]:
 
 def roi_align_examples(thorough: bool = False) -> list[RoIPoolConfig]:
     return _examples("roi_align", thorough)
+
+
+def ps_roi_align_examples(thorough: bool = False) -> list[RoIPoolConfig]:
+    return _examples("ps_roi_align", thorough)
 
 
 def deform_roi_align_examples(thorough: bool = False) -> list[RoIPoolConfig]:

@@ -180,6 +180,7 @@ def _roi_pool_configs(operator: str):
 
 
 roi_align_configs = _roi_pool_configs("roi_align")
+ps_roi_align_configs = _roi_pool_configs("ps_roi_align")
 deform_roi_align_configs = _roi_pool_configs("deform_roi_align")
 deform_roi_pool_configs = _roi_pool_configs("deform_roi_pool")
 deform_ps_roi_pool_configs = _roi_pool_configs("deform_ps_roi_pool")

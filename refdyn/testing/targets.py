@@ -258,32 +258,56 @@ def torchvision_deform_conv2d_backward() -> Callable:
     return candidate
 
 
+def _torchvision_roi(name: str, input, rois, output_size, spatial_scale, sampling_ratio, flags):
+    """``torchvision.ops.<name>`` (roi_align, ps_roi_align) on tensors: boxes (K, 5) and the
+    argument order are refdyn's; ``flags`` are the keyword arguments beyond sampling_ratio
+    (roi_align's ``aligned``)."""
+    from torchvision import ops
+
+    return getattr(ops, name)(input, _tensor(rois), _pair(output_size), float(spatial_scale),
+                              int(sampling_ratio), **flags)
+
+
+def _torchvision_roi_forward(name: str) -> Callable:
+    """``torchvision.ops.<name>`` with refdyn's signature of the same operator."""
+    import torch
+
+    def candidate(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1, **flags):
+        with torch.no_grad():
+            return _torchvision_roi(name, _tensor(input), rois, output_size, spatial_scale,
+                                    sampling_ratio, flags).cpu().numpy()
+    return candidate
+
+
+def _torchvision_roi_backward(name: str) -> Callable:
+    """Autograd through ``torchvision.ops.<name>`` (input gradient only, like refdyn)."""
+    def candidate(grad_output, input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
+                  **flags):
+        leaf = _tensor(input, requires_grad=True)
+        out = _torchvision_roi(name, leaf, rois, output_size, spatial_scale, sampling_ratio, flags)
+        out.backward(_tensor(grad_output))
+        return {"grad_input": leaf.grad.cpu().numpy()}
+    return candidate
+
+
 def torchvision_roi_align_forward() -> Callable:
     """``torchvision.ops.roi_align`` (boxes (K, 5)), refdyn's signature already."""
-    import torch
-    from torchvision.ops import roi_align as tv_roi_align
-
-    def candidate(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
-                  aligned=False):
-        with torch.no_grad():
-            return tv_roi_align(_tensor(input), _tensor(rois), _pair(output_size),
-                                float(spatial_scale), int(sampling_ratio),
-                                bool(aligned)).cpu().numpy()
-    return candidate
+    return _torchvision_roi_forward("roi_align")
 
 
 def torchvision_roi_align_backward() -> Callable:
     """Autograd through ``torchvision.ops.roi_align`` (input gradient only, like refdyn)."""
-    from torchvision.ops import roi_align as tv_roi_align
+    return _torchvision_roi_backward("roi_align")
 
-    def candidate(grad_output, input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
-                  aligned=False):
-        leaf = _tensor(input, requires_grad=True)
-        out = tv_roi_align(leaf, _tensor(rois), _pair(output_size), float(spatial_scale),
-                           int(sampling_ratio), bool(aligned))
-        out.backward(_tensor(grad_output))
-        return {"grad_input": leaf.grad.cpu().numpy()}
-    return candidate
+
+def torchvision_ps_roi_align_forward() -> Callable:
+    """``torchvision.ops.ps_roi_align`` (boxes (K, 5)), refdyn's signature already."""
+    return _torchvision_roi_forward("ps_roi_align")
+
+
+def torchvision_ps_roi_align_backward() -> Callable:
+    """Autograd through ``torchvision.ops.ps_roi_align`` (input gradient only, like refdyn)."""
+    return _torchvision_roi_backward("ps_roi_align")
 
 
 def _torchvision_suites() -> list[Suite]:
@@ -296,7 +320,34 @@ def _torchvision_suites() -> list[Suite]:
             Suite("roi_align", "forward", torchvision_roi_align_forward,
                   _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
             Suite("roi_align", "backward", torchvision_roi_align_backward,
+                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
+            Suite("ps_roi_align", "forward", torchvision_ps_roi_align_forward,
+                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
+            Suite("ps_roi_align", "backward", torchvision_ps_roi_align_backward,
                   _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS))]
+
+
+def empty_adaptive_ps_roi_align(operator: str, config) -> bool:
+    """Whether a ps_roi_align configuration has a RoI of zero width or height with the adaptive
+    grid (sampling_ratio <= 0): no samples, which torchvision divides by a count of 0."""
+    if operator != "ps_roi_align" or config.sampling_ratio > 0 or config.rois == 0:
+        return False
+    from .roi_cases import make_case
+
+    rois = make_case(config).arrays["rois"]
+    return bool(np.any((rois[:, 3] == rois[:, 1]) | (rois[:, 4] == rois[:, 2])))
+
+
+def _probe_torchvision_ps_roi_align_empty_bins() -> str:
+    from .. import ps_roi_align
+
+    image = np.arange(8, dtype=np.float64).reshape(1, 8, 1, 1) * np.ones((1, 1, 4, 4))
+    boxes = np.array([[0, 1.5, 1.0, 1.5, 3.0]])         # zero width, height 2
+    ours = ps_roi_align(image, boxes, 2, 1.0, 0)
+    theirs = torchvision_ps_roi_align_forward()(image, boxes, 2, 1.0, 0)
+    return (f"zero-width RoI, 2 x 2 bins, adaptive sampling: torchvision gives "
+            f"{int(np.isnan(theirs).sum())} NaN of {theirs.size} outputs, refdyn "
+            f"{int(np.isnan(ours).sum())} (all {float(np.max(np.abs(ours))):g})")
 
 
 def _probe_torchvision_offset_gradient() -> str:
@@ -346,12 +397,20 @@ TARGETS: dict[str, Target] = {
                 "W - 1", _probe_onnx_reference_one_pixel, _one_pixel_deform_conv)]),
     "torchvision": Target(
         "torchvision",
-        "torchvision.ops deform_conv2d and roi_align, forward and backward (autograd), on CUDA "
-        "when the installed build has it, else on the CPU",
+        "torchvision.ops deform_conv2d, roi_align and ps_roi_align, forward and backward "
+        "(autograd), on CUDA when the installed build has it, else on the CPU",
         ("torch", "torchvision"), "pip install torch torchvision  (https://pytorch.org)",
         _torchvision_suites,
-        lambda: [KnownDifference(
-            "torchvision's offset gradient at a coordinate of exactly -1 is the right "
-            "derivative (refdyn coord_grad='torchvision'; mmcv and DCNv2 return 0)",
-            "pytorch/vision issue 6885", _probe_torchvision_offset_gradient)]),
+        lambda: [
+            KnownDifference(
+                "torchvision's offset gradient at a coordinate of exactly -1 is the right "
+                "derivative (refdyn coord_grad='torchvision'; mmcv and DCNv2 return 0)",
+                "pytorch/vision issue 6885", _probe_torchvision_offset_gradient),
+            KnownDifference(
+                "torchvision ps_roi_align pools a RoI of zero width or height with adaptive "
+                "sampling to NaN (0 / 0); refdyn pools it to 0 as roi_align does (such "
+                "ps_roi_align configurations are left out of the classes above)",
+                "torchvision/csrc/ops/cpu/ps_roi_align_kernel.cpp divides by "
+                "roi_bin_grid_h * roi_bin_grid_w without roi_align's max(count, 1)",
+                _probe_torchvision_ps_roi_align_empty_bins, empty_adaptive_ps_roi_align)]),
 }
