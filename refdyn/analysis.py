@@ -8,8 +8,9 @@ DCNv2 (REFERENCE.md section 7), in NumPy, for stacks of registered operators.
   pairs of sampling locations of one filter.
 - **Effective receptive field** (DCNv2 section 2, after Luo et al.): |d node / d input pixel|,
   by a one-hot ``grad_output`` at the node and the layers' own backwards, chained.
-- **Effective sampling locations** (DCNv2 section 2): the gradient of the node with respect to
-  each sampling location of a deformable layer, drawn as weighted points.
+- **Effective sampling / bin locations** (DCNv2 section 2): the gradient of the node with respect
+  to each sampling location of a deformable layer, or to each bin of a deformable RoI pooling,
+  drawn as weighted points.
 - **Error-bounded saliency region** (DCNv2 section 2 and its appendix): the smallest image region
   that, with the rest of the image masked, gives the node's full-image response within an
   error bound; found by progressive masking.
@@ -21,6 +22,7 @@ layer l - 1.  Arrays are float64 NCHW; a point is (y, x) = (row, column).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -32,6 +34,8 @@ from .bilinear import bilinear_sample
 from .deform_conv import _base_grid
 from .deform_conv_args import ConvGeometry, check_deform_conv2d_args
 from .registry import OPERATORS, REFERENCE_BACKEND
+from .roi_align_family import align_grid
+from .roi_pooling import eq5_grid
 
 SALIENCY_DIRECTIONS = ("grow", "shrink")
 
@@ -314,6 +318,81 @@ def effective_sampling_locations(layers: Sequence[OperatorLayer], image: np.ndar
         points=points,
         location_gradients=location_gradients.transpose(0, 2, 3, 1).reshape(-1, 2),
         contributions=(grads.grad_mask[n] * mask[n]).reshape(-1))
+
+
+@dataclass
+class EffectiveBinLocations:
+    """The bins of one RoI of a deformable RoI pooling layer, weighted by their effect on a node.
+
+    points (P_h P_w, 2): the (y, x) centre of each bin's samples after its offset, in
+    feature-map pixels, bins in row-major order (NaN for a bin without samples);
+    location_gradients (P_h P_w, 2): d node / d (bin shift in pixels), (y, x);
+    contributions (P_h P_w,): sum_c g[c, i, j] y[c, i, j], the first-order change of the node
+    when the bin is removed (exact when the node is linear in the pooled values).
+    """
+
+    points: np.ndarray
+    location_gradients: np.ndarray
+    contributions: np.ndarray
+
+
+#: The deformable RoI pooling operators: the sampling grid of one RoI before offsets (a
+#: :class:`refdyn.roi_pooling.BinGrid`) from the call's bound arguments, and which offset
+#: channels hold (y, x) (DCNv1's order, or mmcv's x first).
+BIN_OPERATORS: dict[str, tuple[Callable, tuple[int, int]]] = {
+    "deform_roi_pool": (lambda roi, pooled, a: eq5_grid(roi, pooled, a["spatial_scale"],
+                                                        a["gamma"]), (0, 1)),
+    "deform_roi_align": (lambda roi, pooled, a: align_grid(roi, pooled, a["spatial_scale"],
+                                                           a["sampling_ratio"], True, a["gamma"]),
+                         (1, 0)),
+}
+
+
+def effective_bin_locations(layer: OperatorLayer, features: np.ndarray, roi: int,
+                            grad_pooled: np.ndarray) -> EffectiveBinLocations:
+    """Effective bin locations (DCNv2 section 2) of RoI ``roi`` of the deformable RoI pooling
+    ``layer`` (``deform_roi_pool`` or ``deform_roi_align``; ``arguments`` hold rois, offset and
+    the rest) applied to ``features`` (N, C, H, W).
+
+    grad_pooled (C_out, P_h, P_w): d node / d (pooled output of this RoI), from the layers
+    above (the R-CNN head); for a node of the pooled output itself, a one-hot.  The location
+    gradient is the layer's own ``grad_offset`` divided by the pixels one unit of normalized
+    offset moves the bin (gamma h, gamma w; DCNv1 Eq. 6, so gamma must not be 0).
+    """
+    if layer.operator not in BIN_OPERATORS:
+        raise ValueError(f"layer.operator must be a deformable RoI pooling operator, one of "
+                         f"{sorted(BIN_OPERATORS)}, got {layer.operator!r}")
+    make_grid, (y_channel, x_channel) = BIN_OPERATORS[layer.operator]
+    forward, _ = OPERATORS[layer.operator].implementation(layer.backend).load()
+    bound = inspect.signature(forward).bind(features, **layer.arguments)
+    bound.apply_defaults()
+    arguments = bound.arguments
+    if arguments["offset"] is None:
+        raise ValueError("layer.arguments must hold an offset (R, 2, P_h, P_w)")
+    if arguments["gamma"] == 0:
+        raise ValueError("gamma must not be 0: the offsets would not move the bins")
+    pooled = layer.forward(features)
+    rois, offset = np.asarray(arguments["rois"]), arguments["offset"]
+    r = _check_node((roi,), (pooled.shape[0],), "roi")[0]
+    check_float_array(grad_pooled, "grad_pooled", 3)
+    check_shape(grad_pooled, "grad_pooled", pooled.shape[1:], "(C_out, P_h, P_w)")
+    grad = np.zeros_like(pooled)
+    grad[r] = grad_pooled
+    grad_offset = layer.backward(grad, features).grad_offset[r].astype(np.float64)
+
+    grid = make_grid(rois[r], pooled.shape[2:], arguments)
+    shift_y = offset[r, y_channel].astype(np.float64) * grid.scale_y
+    shift_x = offset[r, x_channel].astype(np.float64) * grid.scale_x
+    y, x, valid = grid.points(shift_y[None], shift_x[None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centres = np.stack([(y[0] * valid).sum(-1), (x[0] * valid).sum(-1)], axis=-1) \
+            / valid.sum(-1)[..., None]
+    location_gradients = np.stack([grad_offset[y_channel] / grid.scale_y,
+                                   grad_offset[x_channel] / grid.scale_x], axis=-1)
+    return EffectiveBinLocations(
+        points=centres.reshape(-1, 2),
+        location_gradients=location_gradients.reshape(-1, 2),
+        contributions=(grad_pooled * pooled[r]).sum(axis=0).reshape(-1))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 import refdyn
-from refdyn.analysis import OperatorLayer, composite_sampling_locations, effective_dilation, \
-    effective_receptive_field, effective_sampling_locations, node_input_gradient, \
+from refdyn.analysis import BIN_OPERATORS, OperatorLayer, composite_sampling_locations, \
+    effective_bin_locations, effective_dilation, effective_receptive_field, \
+    effective_sampling_locations, node_input_gradient, \
     saliency_region, sampling_layer, sampling_locations, square_window_priority
 
 
@@ -213,6 +214,82 @@ def test_effective_sampling_locations_without_a_mask_use_unit_modulation():
     effective = effective_sampling_locations(layers, image, (0, 1, 1, 2), layer_index=1)
     assert effective.contributions.sum() == pytest.approx(stack_output(layers, image)[0, 1, 1, 2])
     assert effective.points.shape == (9 * 16, 2)
+
+
+# --- effective bin locations (deformable RoI pooling) ----------------------------------------
+
+ROIS = np.array([[1, 1.3, 2.2, 9.7, 8.1], [0, 0.5, 0.5, 6.0, 5.0]])      # [n, x1, y1, x2, y2]
+BIN_SCALE = 0.1 * np.array([8.1 - 2.2, 9.7 - 1.3])      # gamma (h, w) of RoI 0: pixels per unit
+
+
+def roi_layer(operator, offset):
+    return OperatorLayer(operator, dict(rois=ROIS, offset=offset, output_size=3, gamma=0.1))
+
+
+@pytest.mark.parametrize("operator", sorted(BIN_OPERATORS))
+def test_bin_location_gradients_match_finite_differences(operator):
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((2, 3, 12, 14))
+    offset = rng.normal(0.0, 0.3, (2, 2, 3, 3))
+    grad_pooled = rng.standard_normal((3, 3, 3))
+    effective = effective_bin_locations(roi_layer(operator, offset), features, 0, grad_pooled)
+
+    def node(moved):
+        return float((roi_layer(operator, moved).forward(features)[0] * grad_pooled).sum())
+
+    y_channel, x_channel = BIN_OPERATORS[operator][1]
+    step = 1e-6                                                    # pixels
+    for b in range(9):
+        for axis, channel in enumerate((y_channel, x_channel)):
+            plus, minus = offset.copy(), offset.copy()
+            plus[0, channel, b // 3, b % 3] += step / BIN_SCALE[axis]
+            minus[0, channel, b // 3, b % 3] -= step / BIN_SCALE[axis]
+            expected = (node(plus) - node(minus)) / (2 * step)
+            assert effective.location_gradients[b, axis] == pytest.approx(expected, abs=1e-7)
+    assert effective.contributions.sum() == pytest.approx(node(offset))   # linear node
+
+
+@pytest.mark.parametrize("operator", sorted(BIN_OPERATORS))
+def test_bin_locations_move_with_their_offsets(operator):
+    features = np.ones((2, 1, 12, 14))
+    still = effective_bin_locations(roi_layer(operator, np.zeros((2, 2, 3, 3))), features, 0,
+                                    np.ones((1, 3, 3)))
+    offset = np.zeros((2, 2, 3, 3))
+    y_channel, x_channel = BIN_OPERATORS[operator][1]
+    offset[0, y_channel, 1, 2], offset[0, x_channel, 1, 2] = 0.5, -0.25
+    moved = effective_bin_locations(roi_layer(operator, offset), features, 0, np.ones((1, 3, 3)))
+    expected = still.points.copy()
+    expected[5] += [0.5 * BIN_SCALE[0], -0.25 * BIN_SCALE[1]]
+    np.testing.assert_allclose(moved.points, expected, rtol=0, atol=1e-12)
+
+
+def test_roi_align_bins_are_centred_on_the_aligned_bin_grid():
+    effective = effective_bin_locations(roi_layer("deform_roi_align", np.zeros((2, 2, 3, 3))),
+                                        np.ones((2, 1, 12, 14)), 0, np.ones((1, 3, 3)))
+    # mmcv's RoI frame: start x1 - 0.5, bin (i, j) centred at start + (i + 1/2) h / 3.
+    rows = 2.2 - 0.5 + (np.arange(3) + 0.5) * (8.1 - 2.2) / 3
+    columns = 1.3 - 0.5 + (np.arange(3) + 0.5) * (9.7 - 1.3) / 3
+    expected = np.stack(np.meshgrid(rows, columns, indexing="ij"), axis=-1).reshape(-1, 2)
+    np.testing.assert_allclose(effective.points, expected, rtol=0, atol=1e-12)
+
+
+def test_effective_bin_locations_reject_bad_arguments_by_name():
+    features = np.ones((2, 1, 12, 14))
+    layer = roi_layer("deform_roi_pool", np.zeros((2, 2, 3, 3)))
+    with pytest.raises(ValueError, match="layer.operator"):
+        effective_bin_locations(OperatorLayer("roi_align", dict(rois=ROIS)), features, 0,
+                                np.ones((1, 7, 7)))
+    with pytest.raises(ValueError, match="offset"):
+        effective_bin_locations(roi_layer("deform_roi_pool", None), features, 0,
+                                np.ones((1, 3, 3)))
+    with pytest.raises(ValueError, match="gamma"):
+        effective_bin_locations(OperatorLayer("deform_roi_pool", dict(
+            rois=ROIS, offset=np.zeros((2, 2, 3, 3)), output_size=3, gamma=0.0)), features, 0,
+            np.ones((1, 3, 3)))
+    with pytest.raises(ValueError, match="roi"):
+        effective_bin_locations(layer, features, 2, np.ones((1, 3, 3)))
+    with pytest.raises(ValueError, match="grad_pooled"):
+        effective_bin_locations(layer, features, 0, np.ones((2, 3, 3)))
 
 
 # --- error-bounded saliency region -----------------------------------------------------------
