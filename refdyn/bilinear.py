@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -202,20 +203,23 @@ class Stencil:
     (y0+1, x0), (y0+1, x0+1).  ``index`` is the flat index y * W + x of each corner, moved into
     the image where the corner reads nothing, so it is always safe to gather with;
     ``weight`` is G(q, p), set to 0 where the corner reads 0; ``dweight_dy``/``dweight_dx``
-    are the right derivatives of ``weight`` with respect to p_y/p_x under the chosen rule.
+    are the right derivatives of ``weight`` with respect to p_y/p_x under the chosen rule
+    (None when the stencil was made without them).
     """
 
     index: np.ndarray
     weight: np.ndarray
-    dweight_dy: np.ndarray
-    dweight_dx: np.ndarray
+    dweight_dy: Optional[np.ndarray]
+    dweight_dx: Optional[np.ndarray]
 
 
 def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
-                 boundary: str = "zeros", coord_grad: str = "torchvision") -> Stencil:
+                 boundary: str = "zeros", coord_grad: str = "torchvision",
+                 derivatives: bool = True) -> Stencil:
     """Neighbours, G weights and weight derivatives of the points (y, x) in an H x W image.
 
     y, x: arrays of one shape P and a float dtype; the results keep that dtype.
+    derivatives: False leaves ``dweight_dy`` and ``dweight_dx`` out (None), for a forward pass.
     """
     check_boundary(boundary, SAMPLING_RULES)
     check_coord_grad(coord_grad)
@@ -241,29 +245,31 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
     hy, hx = one - ly, one - lx
     y0 = y0.astype(np.int64)
     x0 = x0.astype(np.int64)
-    rows = (y0, y0, y0 + 1, y0 + 1)
-    cols = (x0, x0 + 1, x0, x0 + 1)
+    rows, cols = (y0, y0 + 1), (x0, x0 + 1)     # corner (a, b) is (rows[a], cols[b])
+    corners = ((0, 0), (0, 1), (1, 0), (1, 1))
     weight = np.stack([hy * hx, hy * lx, ly * hx, ly * lx])
-    dweight_dy = np.stack([-hx, -lx, hx, lx]) * slope_y
-    dweight_dx = np.stack([-hy, hy, -ly, ly]) * slope_x
     if boundary == "border":
         valid = np.broadcast_to(inside, weight.shape)
         rows = tuple(np.minimum(r, height - 1) for r in rows)
         cols = tuple(np.minimum(c, width - 1) for c in cols)
     else:
-        valid = np.stack([(r >= 0) & (r < height) & (c >= 0) & (c < width)
-                          for r, c in zip(rows, cols)])
+        row_inside = [(r >= 0) & (r < height) for r in rows]
+        col_inside = [(c >= 0) & (c < width) for c in cols]
+        valid = np.stack([row_inside[a] & col_inside[b] for a, b in corners])
         rows = tuple(np.clip(r, 0, height - 1) for r in rows)
         cols = tuple(np.clip(c, 0, width - 1) for c in cols)
-    index = np.stack([r * width + c for r, c in zip(rows, cols)])
-    weight = np.where(valid, weight, 0)
-    dweight_dy = np.where(valid, dweight_dy, 0)
-    dweight_dx = np.where(valid, dweight_dx, 0)
+    row_starts = [r * width for r in rows]
+    index = np.stack([row_starts[a] + cols[b] for a, b in corners])
+    weight = np.where(valid, weight, 0).astype(dtype, copy=False)
+    if not derivatives:
+        return Stencil(index=index, weight=weight, dweight_dy=None, dweight_dx=None)
+    dweight_dy = np.where(valid, np.stack([-hx, -lx, hx, lx]) * slope_y, 0)
+    dweight_dx = np.where(valid, np.stack([-hy, hy, -ly, ly]) * slope_x, 0)
     if boundary == "zeros" and coord_grad == "mmcv":
         outside = (y <= -1) | (y >= height) | (x <= -1) | (x >= width)
         dweight_dy = np.where(outside, 0, dweight_dy)
         dweight_dx = np.where(outside, 0, dweight_dx)
-    return Stencil(index=index, weight=weight.astype(dtype, copy=False),
+    return Stencil(index=index, weight=weight,
                    dweight_dy=dweight_dy.astype(dtype, copy=False),
                    dweight_dx=dweight_dx.astype(dtype, copy=False))
 

@@ -10,6 +10,9 @@ reason.  The exit status is 1 if any check fails.
 evaluator, torchvision) with refdyn per operator and configuration class, reports documented
 convention differences apart, and exits with 1 on any real disagreement
 (:mod:`refdyn.validate`).  A target that is not installed is reported, not failed.
+
+``refdyn bench`` times refdyn's backends against the peers installed beside it
+(:mod:`refdyn.bench`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import __version__
+from .bench import add_arguments as add_bench_arguments, command_bench
 from .checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
 from .registry import BACKENDS, OPERATORS, REFERENCE_BACKEND, Operator, load
@@ -176,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     validate.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
     validate.set_defaults(run=command_validate)
+    bench = commands.add_parser(
+        "bench", help="time refdyn's backends against the peers installed beside them")
+    add_bench_arguments(bench)
+    bench.set_defaults(run=command_bench)
     return parser
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, strategies as st
 
 from refdyn import deform_conv2d, deform_conv2d_backward
-from refdyn.deform_conv import MEMORY_BOUND_BUFFERS
+from refdyn.deform_conv import extra_memory_bound
 from refdyn.registry import DEFORM_CONV2D
 from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 from refdyn.testing.independent import plain_conv2d
@@ -121,13 +121,14 @@ def peak_allocation(run):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_extra_memory_stays_within_the_documented_bound(dtype):
-    """Peak allocation <= results + MEMORY_BOUND_BUFFERS * chunk_elements * 8 bytes; without
-    chunking the same layer needs more, so the bound is what chunking buys."""
+    """Peak allocation <= results + extra_memory_bound(...); without chunking the same layer
+    needs more, so the bound is what chunking buys."""
     chunk_elements = 1 << 12
     config = DeformConvConfig(in_channels=16, out_channels=16, height=64, width=64,
                               offset_groups=2, offset_kind="normal", dtype=dtype)
     case = make_case(config)
-    image_gradient_bytes = (16 // 2) * 64 * 64 * 8
+    bound = extra_memory_bound(case.arrays["input"].shape, case.arrays["offset"].shape,
+                               case.arrays["weight"].shape, chunk_elements)
     unchunked = 16 * 9 * 64 * 64
     for run in (lambda chunk: deform_conv2d(**case.forward_kwargs(), chunk_elements=chunk),
                 lambda chunk: deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
@@ -135,10 +136,30 @@ def test_extra_memory_stays_within_the_documented_bound(dtype):
         peak, result = peak_allocation(lambda: run(chunk_elements))
         arrays = [result] if isinstance(result, np.ndarray) else [
             a for a in vars(result).values() if a is not None]
-        results_bytes = sum(a.nbytes for a in arrays) + image_gradient_bytes
-        bound = results_bytes + MEMORY_BOUND_BUFFERS * chunk_elements * 8
-        assert peak <= bound, f"peak {peak} bytes > bound {bound}"
-        assert peak_allocation(lambda: run(unchunked))[0] > bound
+        results_bytes = sum(a.nbytes for a in arrays)
+        assert peak <= results_bytes + bound, f"peak {peak} bytes > {results_bytes} + {bound}"
+        assert peak_allocation(lambda: run(unchunked))[0] > results_bytes + bound
+
+
+@pytest.mark.parametrize("config, chunk_elements", [
+    (DeformConvConfig(batch=2, in_channels=64, out_channels=4, height=12, width=12,
+                      offset_groups=4, offset_kind="normal"), 1),
+    (DeformConvConfig(batch=3, in_channels=2, out_channels=2, height=96, width=96,
+                      with_mask=False, offset_kind="normal"), 512),
+    (DeformConvConfig(batch=2, in_channels=8, out_channels=8, height=20, width=20, groups=2,
+                      offset_kind="normal", dtype="float32"), 1 << 30),
+], ids=["one-position-chunks", "few-channels-large-image", "unchunked"])
+def test_memory_bound_holds_from_tiny_chunks_to_none(config, chunk_elements):
+    case = make_case(config)
+    bound = extra_memory_bound(case.arrays["input"].shape, case.arrays["offset"].shape,
+                               case.arrays["weight"].shape, chunk_elements)
+    for run in (lambda: deform_conv2d(**case.forward_kwargs(), chunk_elements=chunk_elements),
+                lambda: deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
+                                               chunk_elements=chunk_elements)):
+        peak, result = peak_allocation(run)
+        arrays = [result] if isinstance(result, np.ndarray) else [
+            a for a in vars(result).values() if a is not None]
+        assert peak <= sum(a.nbytes for a in arrays) + bound
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,0 +1,131 @@
+"""``refdyn bench``: the report's structure, the peers' correctness checks, missing peers.
+
+No timing is asserted: the benchmark runs with ``--quick`` (tiny sizes) and one repeat.
+"""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from refdyn import bench, bench_peers, cli
+from refdyn.testing.deform_conv_cases import DeformConvConfig
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    assert cli.main(["bench", "--quick", "--repeats", "1", "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def all_rows(report):
+    yield from report["standard"]["rows"]
+    for point in report["scaling"]["points"]:
+        yield from point["rows"]
+    for case in report["operators"]["cases"]:
+        yield from case["rows"]
+
+
+def test_report_has_every_section(report):
+    assert set(report["cases"]) == set(bench.CASES)
+    assert report["machine"]["usable_cores"] >= 1 and report["machine"]["numpy"] == np.__version__
+    standard = report["standard"]
+    assert {row["pass"] for row in standard["rows"]
+            if row["implementation"] == bench.NUMPY} == set(bench.PASSES)
+    assert [row["pass"] for row in standard["memory"]] == ["forward", "backward"]
+    assert [(p["series"], p["value"]) for p in report["scaling"]["points"]] == [
+        (series, value) for series, value, _ in bench.scaling_configs(quick=True)]
+    assert {case["operator"] for case in report["operators"]["cases"]} == {
+        "roi_align", "lsdfn", "ddf"}
+    assert [goal["goal"] for goal in report["goals"]][:len(bench.GOALS)] == [
+        goal[0] for goal in bench.GOALS]
+    assert all(goal["met"] is None for goal in report["goals"][:len(bench.GOALS)])  # --quick
+
+
+def test_every_row_is_timed_or_says_why(report):
+    for row in all_rows(report):
+        if row["times_s"]:
+            assert len(row["times_s"]) == 1 and row["median_s"] == row["times_s"][0]
+            assert row["check_error"] <= bench.CHECK_TOLERANCE
+            assert not row["not_run"]
+        else:
+            assert row["not_run"], row
+
+
+def test_ratios_are_computed_from_the_reported_medians(report):
+    medians = {(row["implementation"], row["pass"]): row["median_s"]
+               for row in report["standard"]["rows"] if row["times_s"]}
+    assert report["standard"]["ratios"], "at least NumPy against ONNX Runtime is expected"
+    for ratio in report["standard"]["ratios"]:
+        top = medians[(ratio["numerator"], ratio["pass"])]
+        bottom = medians[(ratio["denominator"], ratio["pass"])]
+        assert ratio["ratio"] == pytest.approx(top / bottom)
+
+
+def test_numpy_memory_is_within_the_documented_bound(report):
+    memory = report["standard"]["memory"] + [row for point in report["scaling"]["points"]
+                                             for row in point["memory"]]
+    assert all(row["within_bound"] and row["extra_bytes"] <= row["bound_bytes"]
+               for row in memory)
+    assert report["goals"][-1]["met"] is True
+
+
+def test_onnxruntime_peer_passes_its_check(report):
+    pytest.importorskip("onnxruntime")
+    rows = [row for row in report["standard"]["rows"]
+            if row["implementation"] == "onnxruntime DeformConv"]
+    assert len(rows) == 1 and rows[0]["times_s"] and rows[0]["check_error"] < 1e-5
+
+
+@pytest.mark.parametrize("config", [
+    DeformConvConfig(batch=2, in_channels=4, out_channels=3, height=7, width=5,
+                     offset_groups=2, offset_kind="normal", dtype="float32"),
+    DeformConvConfig(batch=1, in_channels=2, out_channels=2, height=9, width=8, stride=(2, 1),
+                     dilation=(1, 2), padding=(0, 2), with_mask=False, offset_kind="normal",
+                     dtype="float32"),
+    DeformConvConfig(height=1, width=4, kernel=(1, 3), offset_kind="normal", dtype="float32"),
+], ids=["offset-groups", "stride-dilation-no-mask", "one-row"])
+def test_torch_composition_matches_refdyn(config):
+    pytest.importorskip("torch")
+    case = bench.Bench("deform_conv2d", config)
+    geometry = {name: case.case.params[name] for name in ("stride", "padding", "dilation")}
+    peer = bench_peers.torch_cpu_deform_conv2d(case.case.arrays, geometry, case.case.grad_output,
+                                               case.expected, threads=1)
+    errors = peer.check()
+    assert errors["forward"] < 1e-5 and errors["backward"] < 1e-5, errors
+
+
+def test_missing_peers_are_reported_not_failed(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name.split(".")[
+        0] in ("torch", "onnx", "onnxruntime") else real(name, *args))
+    result = bench.run(bench.build_parser().parse_args(["--quick", "--repeats", "1",
+                                                        "--case", "standard"]))
+    reasons = {row["implementation"]: row["not_run"] for row in result["standard"]["rows"]}
+    assert reasons["onnxruntime DeformConv"].startswith("not installed (onnx, onnxruntime)")
+    assert "pip install" in reasons["torch CPU grid_sample+matmul"]
+    assert "not installed" in reasons["torchvision CUDA"]
+    assert "scaling" not in result and "not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--case", "standard,nope"], "unknown case(s) nope"),
+    (["--case", ","], "(none given)"),
+    (["--repeats", "0"], "must be a positive integer"),
+    (["--repeats", "many"], "must be a positive integer"),
+])
+def test_bad_arguments_are_rejected_clearly(arguments, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", *arguments])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_offsets_are_moved_off_the_kinks_only_near_them():
+    offset = np.array([-2.0, -1.0004, 0.9996, 0.3, 1e-4, -1e-4, 2.5], dtype=np.float32)
+    moved = bench.off_the_kinks(offset, margin=1e-3)
+    distance = np.abs(moved - np.round(moved))
+    assert np.all(distance >= 1e-3 - 1e-7) and moved.dtype == offset.dtype
+    np.testing.assert_array_equal(moved[[3, 6]], offset[[3, 6]])
+    assert np.all(np.abs(moved - offset) <= 1e-3 + 1e-7)
