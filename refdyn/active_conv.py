@@ -101,8 +101,8 @@ def check_active_conv2d_args(input, positions, weight, bias, stride, padding, bo
     return geo, blocks
 
 
-def _grouped_positions(positions):
-    """positions as (P, K, 2)."""
+def grouped_positions(positions):
+    """positions, (K, 2), (P, K, 2) or (C_out, K, 2), as (groups of shared positions, K, 2)."""
     return positions.reshape((-1,) + tuple(positions.shape[-2:]))
 
 
@@ -118,7 +118,7 @@ def active_conv2d_via(deform_forward: Callable, xp, input, positions, weight, bi
     :func:`refdyn.deform_conv.deform_conv2d`) over arrays of the array module ``xp``."""
     geo, blocks = check_active_conv2d_args(input, positions, weight, bias, stride, padding,
                                            boundary, all_finite)
-    grouped = _grouped_positions(positions)
+    grouped = grouped_positions(positions)
     outputs = []
     for block in blocks:
         out_channels = slice(block.out_start, block.out_stop)
@@ -139,7 +139,7 @@ def active_conv2d_backward_via(deform_backward: Callable, xp, grad_output, input
     deformable-convolution gradients; dL/dtheta sums the offset gradient over (n, i, j)."""
     geo, blocks = check_active_conv2d_args(input, positions, weight, bias, stride, padding,
                                            boundary, all_finite)
-    grouped = _grouped_positions(positions)
+    grouped = grouped_positions(positions)
     grad_input = xp.zeros(input.shape, dtype=input.dtype)
     grad_positions = xp.zeros(grouped.shape, dtype=input.dtype)
     grad_weight = xp.zeros(weight.shape, dtype=input.dtype)
@@ -190,7 +190,7 @@ def active_conv2d_backward(grad_output, input, positions, weight, bias=None, str
 
 def _literal_terms(geo, positions):
     """Every (n, o, i, j, c, c_local, k, p_y, p_x) term of y(p0) = sum_k w_k x(p0 + p_k + theta_k)."""
-    grouped = _grouped_positions(positions)
+    grouped = grouped_positions(positions)
     per_position_group = geo.out_channels // grouped.shape[0]
     for n in range(geo.batch):
         for o in range(geo.out_channels):
@@ -229,7 +229,7 @@ def active_conv2d_backward_literal(grad_output, input, positions, weight, bias=N
     if route not in GRADIENT_ROUTES:
         raise ValueError(f"route must be one of {GRADIENT_ROUTES}, got {route!r}")
     kernel_w = geo.kernel_w
-    grouped = _grouped_positions(positions)
+    grouped = grouped_positions(positions)
     per_position_group = geo.out_channels // grouped.shape[0]
     grad_input = np.zeros(input.shape)
     grad_weight = np.zeros(weight.shape)

@@ -29,9 +29,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ._checks import check_float_array, check_shape
-from .active_conv import _grouped_positions, check_active_conv2d_args
+from .active_conv import grouped_positions, check_active_conv2d_args
 from .bilinear import bilinear_sample
-from .deform_conv import _base_grid
+from .deform_conv import regular_grid
 from .deform_conv_args import ConvGeometry, check_deform_conv2d_args
 from .registry import OPERATORS, REFERENCE_BACKEND
 from .roi_align_family import align_grid
@@ -148,7 +148,7 @@ def _active_conv2d_sampling(layer: OperatorLayer, input_shape, image: int, group
                                       positions, arguments["weight"], arguments["bias"],
                                       arguments["stride"], arguments["padding"],
                                       arguments["boundary"])
-    grouped = _grouped_positions(positions)
+    grouped = grouped_positions(positions)
     _check_node((image, group), (geo.batch, grouped.shape[0]), "(image, group)")
     offsets = np.broadcast_to(grouped[group][:, :, None, None], (geo.taps, 2, geo.out_h, geo.out_w))
     return SamplingLayer(geo, offsets.astype(np.float64))
@@ -177,7 +177,7 @@ def sampling_locations(layer: SamplingLayer) -> np.ndarray:
     """p0 + p_k + dp_k (DCNv1 Eq. 2) of every tap and output: (K, 2, H_out, W_out), (y, x)
     in the layer's input coordinates."""
     geo = layer.geometry
-    base_y, base_x = _base_grid(geo, slice(0, geo.out_h * geo.out_w))        # p0 + p_k, (K, L)
+    base_y, base_x = regular_grid(geo, slice(0, geo.out_h * geo.out_w))        # p0 + p_k, (K, L)
     base = np.stack([base_y, base_x], axis=1).reshape(geo.taps, 2, geo.out_h, geo.out_w)
     return base + layer.offsets
 
@@ -188,7 +188,7 @@ def _locations_at(layer: SamplingLayer, points: np.ndarray) -> np.ndarray:
     grid of output (0, 0) moved by stride times the position; the offsets are bilinearly
     interpolated between the four nearest outputs, clamped to the output map at its edge."""
     geo = layer.geometry
-    origin = np.stack(_base_grid(geo, slice(0, 1)), axis=1)[..., 0].astype(np.float64)  # (K, 2)
+    origin = np.stack(regular_grid(geo, slice(0, 1)), axis=1)[..., 0].astype(np.float64)  # (K, 2)
     base = origin[None] + (points * np.array(geo.stride, dtype=np.float64))[:, None, :]
     offsets = bilinear_sample(layer.offsets, points[:, 0].copy(), points[:, 1].copy(), "border")
     return base + offsets.transpose(2, 0, 1)

@@ -198,8 +198,9 @@ def _position_chunks(geo: DeformConvGeometry, chunk_elements: int):
         yield slice(start, min(start + step, positions))
 
 
-def _base_grid(geo: DeformConvGeometry, positions: slice):
-    """p0 + p_k for every tap and the chunk's flattened output positions: two arrays (K, L)."""
+def regular_grid(geo: DeformConvGeometry, positions: slice):
+    """p0 + p_k (DCNv1 Eq. 2, the grid before offsets) for every tap and the given flattened
+    output positions: two arrays (K, L)."""
     a, b = np.divmod(np.arange(geo.taps), geo.kernel_w)
     i, j = np.divmod(np.arange(positions.start, positions.stop), geo.out_w)
     base_y = (i * geo.stride[0] - geo.padding[0])[None, :] + (a * geo.dilation[0])[:, None]
@@ -230,7 +231,7 @@ class _Chunk:
     def __init__(self, geo, buffers, pixel_rows, offset, mask, n, positions, coord_grad=None):
         G, K = geo.offset_groups, geo.taps
         offsets = offset[n].reshape(G, K, 2, -1)[..., positions]
-        base_y, base_x = _base_grid(geo, positions)
+        base_y, base_x = regular_grid(geo, positions)
         # p = p0 + p_k + dp_k, (G, L, K)
         points_y = np.ascontiguousarray((base_y + offsets[:, :, 0]).transpose(0, 2, 1))
         points_x = np.ascontiguousarray((base_x + offsets[:, :, 1]).transpose(0, 2, 1))
