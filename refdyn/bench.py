@@ -45,10 +45,10 @@ from typing import Callable, Optional
 import numpy as np
 
 from .bench_peers import PeerPasses, cpu_threads, grad_errors, onnxruntime_deform_conv2d, ready, \
-    relative_error, torch_cpu_deform_conv2d, torch_cuda_depthwise_conv2d, \
-    torchvision_cuda_deform_conv2d
+    torch_cpu_deform_conv2d, torch_cuda_depthwise_conv2d, torchvision_cuda_deform_conv2d
 from .deform_conv import DEFAULT_CHUNK_ELEMENTS, extra_memory_bound
 from .registry import OPERATORS, load
+from .testing.cases import scaled_error
 from .testing.ddf_cases import DDFConfig
 from .testing.deform_conv_cases import DeformConvConfig
 from .testing.lsdfn_cases import LSDFNConfig
@@ -199,7 +199,7 @@ def time_pass(prepare: Callable, repeats: int, synchronize: Callable = lambda: N
 def error_against(result, expected) -> float:
     """Largest scaled error of an output, or of every gradient the reference has."""
     if isinstance(expected, np.ndarray):
-        return relative_error(result, expected)
+        return scaled_error(result, expected)
     gradients = result if isinstance(result, dict) else vars(result)
     return grad_errors({name: value for name, value in gradients.items()
                         if getattr(expected, name, None) is not None}, expected)

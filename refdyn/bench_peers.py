@@ -20,14 +20,16 @@ forward and backward, and a depthwise ``conv2d`` (groups = C) of DDF's size.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
+from .deform_conv import regular_grid
 from .deform_conv_args import check_deform_conv2d_args
+from .testing.cases import scaled_error
+from .testing.targets import not_installed
 
 TORCH_INSTALL = "pip install torch  (the CPU wheel: https://pytorch.org)"
 TORCHVISION_INSTALL = "pip install torch torchvision  (a CUDA build: https://pytorch.org)"
@@ -51,21 +53,10 @@ def ready(call: Callable[[], object]) -> Callable[[], Callable[[], object]]:
     return lambda: call
 
 
-def missing(*modules: str) -> Optional[list[str]]:
-    """The modules of ``modules`` that are not installed (None when all are)."""
-    absent = [name for name in modules if importlib.util.find_spec(name) is None]
-    return absent or None
-
-
-def relative_error(actual, expected) -> float:
-    """max |actual - expected| / max(1, max |expected|)."""
-    from .testing.cases import scaled_error
-    return scaled_error(np.asarray(actual), np.asarray(expected))
-
-
 def grad_errors(actual: dict, expected) -> float:
-    """The largest :func:`relative_error` over the gradients a peer returns (``grad_<name>``)."""
-    return max(relative_error(value, getattr(expected, name))
+    """The largest :func:`~refdyn.testing.cases.scaled_error` over the gradients a peer returns
+    (``grad_<name>``)."""
+    return max(scaled_error(value, getattr(expected, name))
                for name, value in actual.items() if value is not None)
 
 
@@ -73,9 +64,9 @@ def grad_errors(actual: dict, expected) -> float:
 
 def onnxruntime_deform_conv2d(arrays: dict, params: dict, expected, threads: int):
     """ORT's DeformConv forward on ``arrays`` (refdyn argument names), one session."""
-    absent = missing("onnx", "onnxruntime")
+    absent = not_installed(("onnx", "onnxruntime"), ORT_INSTALL)
     if absent:
-        return f"not installed ({', '.join(absent)}): {ORT_INSTALL}"
+        return absent
     import onnxruntime
 
     from .testing.adapters import onnx_deform_conv_attributes
@@ -99,7 +90,7 @@ def onnxruntime_deform_conv2d(arrays: dict, params: dict, expected, threads: int
 
     return PeerPasses(
         calls={"forward": ready(forward)},
-        check=lambda: {"forward": relative_error(forward(), expected["forward"])})
+        check=lambda: {"forward": scaled_error(forward(), expected["forward"])})
 
 
 # ---- PyTorch CPU composition: grid_sample + matrix product ------------------------------------
@@ -112,14 +103,11 @@ def torch_sampling_grid(torch, offset, geo):
     u = (2 p + 1) / extent - 1 (any extent, 1 included).
     """
     n, G, K = geo.batch, geo.offset_groups, geo.taps
-    a, b = np.divmod(np.arange(K), geo.kernel_w)
-    i, j = np.arange(geo.out_h), np.arange(geo.out_w)
-    base_y = (a * geo.dilation[0])[:, None, None] + (i * geo.stride[0] - geo.padding[0])[:, None]
-    base_x = (b * geo.dilation[1])[:, None, None] + (j * geo.stride[1] - geo.padding[1])[None, :]
-    dtype = offset.dtype
+    base_y, base_x = (torch.as_tensor(base.reshape(K, geo.out_h, geo.out_w), dtype=offset.dtype)
+                      for base in regular_grid(geo, slice(0, geo.out_h * geo.out_w)))  # p0 + p_k
     pairs = offset.reshape(n * G, K, 2, geo.out_h, geo.out_w)
-    p_y = torch.as_tensor(base_y, dtype=dtype) + pairs[:, :, 0]
-    p_x = torch.as_tensor(base_x, dtype=dtype) + pairs[:, :, 1]
+    p_y = base_y + pairs[:, :, 0]
+    p_x = base_x + pairs[:, :, 1]
 
     grid = torch.stack([(2 * p_x + 1) / geo.width - 1, (2 * p_y + 1) / geo.height - 1], dim=-1)
     return grid.reshape(n * G, K * geo.out_h, geo.out_w, 2)
@@ -145,9 +133,11 @@ def torch_deform_conv2d(torch, geo, input, offset, weight, bias, mask):
     return out.reshape(geo.output_shape)
 
 
-def _torch_passes(torch, function, leaves: dict, grad_output):
-    """Forward, forward+backward and the preparation of a backward (its forward, untimed) of
-    ``function(**leaves)`` with autograd; a backward returns the gradients named ``grad_<name>``."""
+def _torch_peer(torch, function, leaves: dict, grad_output, expected,
+                synchronize: Callable[[], None] = lambda: None) -> PeerPasses:
+    """``function(**leaves)`` with autograd as a peer: forward, backward (its forward is the
+    untimed preparation) and forward+backward; a backward returns the gradients named
+    ``grad_<name>``, checked against ``expected`` like the forward."""
     def forward():
         with torch.no_grad():
             return function(**leaves)
@@ -166,14 +156,21 @@ def _torch_passes(torch, function, leaves: dict, grad_output):
         out = function(**leaves)
         return lambda: gradients(out)
 
-    return forward, forward_backward, prepare_backward
+    def check():
+        grads = {name: value.cpu().numpy() for name, value in forward_backward().items()}
+        return {"forward": scaled_error(forward().cpu().numpy(), expected["forward"]),
+                "backward": grad_errors(grads, expected["backward"])}
+
+    return PeerPasses(calls={"forward": ready(forward), "backward": prepare_backward,
+                             "forward+backward": ready(forward_backward)},
+                      check=check, synchronize=synchronize)
 
 
 def torch_cpu_deform_conv2d(arrays: dict, params: dict, grad_output, expected, threads: int):
     """The PyTorch CPU composition's forward, backward and forward+backward."""
-    absent = missing("torch")
+    absent = not_installed(("torch",), TORCH_INSTALL)
     if absent:
-        return f"not installed (torch): {TORCH_INSTALL}"
+        return absent
     import torch
 
     geo = check_deform_conv2d_args(**arrays, **params)
@@ -187,26 +184,16 @@ def torch_cpu_deform_conv2d(arrays: dict, params: dict, grad_output, expected, t
     def function(**tensors):
         return torch_deform_conv2d(torch, geo, **tensors)
 
-    forward, forward_backward, prepare_backward = _torch_passes(torch, function, leaves, go)
-
-    def check():
-        grads = {name: value.numpy() for name, value in forward_backward().items()}
-        return {"forward": relative_error(forward().numpy(), expected["forward"]),
-                "backward": grad_errors(grads, expected["backward"])}
-
-    return PeerPasses(
-        calls={"forward": ready(forward), "backward": prepare_backward,
-               "forward+backward": ready(forward_backward)},
-        check=check)
+    return _torch_peer(torch, function, leaves, go, expected)
 
 
 # ---- GPU peers: torchvision deform_conv2d, a depthwise convolution ------------------------------
 
 def _cuda_torch():
     """torch with a CUDA device, or why not."""
-    absent = missing("torch")
+    absent = not_installed(("torch",), TORCHVISION_INSTALL)
     if absent:
-        return f"not installed (torch): {TORCHVISION_INSTALL}"
+        return absent
     import torch
     if not torch.cuda.is_available():
         return "not run: no CUDA device (or a CPU-only torch build)"
@@ -218,8 +205,9 @@ def torchvision_cuda_deform_conv2d(arrays: dict, params: dict, grad_output, expe
     torch = _cuda_torch()
     if isinstance(torch, str):
         return torch
-    if missing("torchvision"):
-        return f"not installed (torchvision): {TORCHVISION_INSTALL}"
+    absent = not_installed(("torchvision",), TORCHVISION_INSTALL)
+    if absent:
+        return absent
     from torchvision.ops import deform_conv2d as tv_deform_conv2d
 
     leaves = {name: None if value is None else
@@ -232,16 +220,7 @@ def torchvision_cuda_deform_conv2d(arrays: dict, params: dict, grad_output, expe
     def function(input, offset, weight, bias, mask):
         return tv_deform_conv2d(input, offset, weight, bias, mask=mask, **geometry)
 
-    forward, forward_backward, prepare_backward = _torch_passes(torch, function, leaves, go)
-
-    def check():
-        grads = {name: value.cpu().numpy() for name, value in forward_backward().items()}
-        return {"forward": relative_error(forward().cpu().numpy(), expected["forward"]),
-                "backward": grad_errors(grads, expected["backward"])}
-
-    return PeerPasses(calls={"forward": ready(forward), "backward": prepare_backward,
-                             "forward+backward": ready(forward_backward)},
-                      check=check, synchronize=torch.cuda.synchronize)
+    return _torch_peer(torch, function, leaves, go, expected, torch.cuda.synchronize)
 
 
 def torch_cuda_depthwise_conv2d(features, kernel_size: int):

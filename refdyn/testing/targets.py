@@ -65,8 +65,14 @@ class Target:
 
     def problem(self) -> Optional[str]:
         """Why the target cannot run here (a module is missing), or None."""
-        missing = [name for name in self.modules if importlib.util.find_spec(name) is None]
-        return f"not installed ({', '.join(missing)}): {self.install}" if missing else None
+        return not_installed(self.modules, self.install)
+
+
+def not_installed(modules, install: str) -> Optional[str]:
+    """"not installed (<the missing modules>): <install>" when one of ``modules`` is missing,
+    else None."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    return f"not installed ({', '.join(missing)}): {install}" if missing else None
 
 
 def _classes(dtypes, kind_knob: str, kinds: dict[str, tuple[str, ...]], **common):
