@@ -23,6 +23,7 @@ import os
 import stat
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -155,6 +156,19 @@ def launch(name: str, total_threads: int, args) -> None:
         for thread in range(BLOCK_THREADS):
             library.refdyn_host_set_thread(block, thread, GRID_BLOCKS, BLOCK_THREADS)
             kernel(*arguments)
+
+
+@contextmanager
+def launch_grid(blocks: int, threads: int):
+    """Launch every kernel on a grid of ``blocks`` x ``threads`` inside the ``with`` block (the
+    results must not depend on it: the tests compare grids)."""
+    global GRID_BLOCKS, BLOCK_THREADS
+    saved = GRID_BLOCKS, BLOCK_THREADS
+    GRID_BLOCKS, BLOCK_THREADS = blocks, threads
+    try:
+        yield
+    finally:
+        GRID_BLOCKS, BLOCK_THREADS = saved
 
 
 def _contiguous(array):

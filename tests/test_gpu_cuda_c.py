@@ -13,7 +13,6 @@ that each file also builds as CUDA.
 import re
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,17 +41,6 @@ KERNEL_DIR = Path(host.__file__).resolve().parent
 
 pytestmark = pytest.mark.skipif(backend_problem("host") is not None,
                                 reason=f"host backend: {backend_problem('host')}")
-
-
-@contextmanager
-def launch_grid(blocks, threads):
-    """Run the host kernels on a grid of ``blocks`` x ``threads``."""
-    saved = host.GRID_BLOCKS, host.BLOCK_THREADS
-    host.GRID_BLOCKS, host.BLOCK_THREADS = blocks, threads
-    try:
-        yield
-    finally:
-        host.GRID_BLOCKS, host.BLOCK_THREADS = saved
 
 
 def assert_matches_reference(case, output, grads, reference=DEFORM_REFERENCE):
@@ -133,12 +121,19 @@ def test_host_matches_numpy_reference(name, chunk_elements, deterministic):
     assert_matches_reference(case, output, grads)
 
 
+def test_launch_grid_sets_the_grid_of_every_launch_and_restores_it():
+    before = host.GRID_BLOCKS, host.BLOCK_THREADS
+    with host.launch_grid(4, 5):
+        assert (host.GRID_BLOCKS, host.BLOCK_THREADS) == (4, 5)
+    assert (host.GRID_BLOCKS, host.BLOCK_THREADS) == before != (4, 5)
+
+
 @settings(max_examples=20)
 @given(config=deform_conv2d_configs(), deterministic=st.booleans(),
        grid=st.tuples(st.integers(1, 4), st.integers(1, 5)))
 def test_host_matches_numpy_reference_on_any_config_and_grid(config, deterministic, grid):
     case = make_case(config)
-    with launch_grid(*grid):
+    with host.launch_grid(*grid):
         output = host.deform_conv2d(**case.forward_kwargs())
         grads = host.deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
                                             deterministic=deterministic)
@@ -170,7 +165,7 @@ def test_deterministic_grad_input_is_bitwise_reproducible_on_any_grid(boundary):
                                       boundary=boundary, dtype="float32", seed=12))
     runs = []
     for grid in [(2, 3), (2, 3), (1, 1), (4, 7)]:
-        with launch_grid(*grid):
+        with host.launch_grid(*grid):
             runs.append(host.deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
                                                     deterministic=True))
     for run in runs[1:]:
@@ -363,7 +358,7 @@ DDF_CONFIGS = {
 @pytest.mark.parametrize("name", DDF_CONFIGS)
 def test_host_ddf_matches_numpy_reference(name, grid):
     case = make_ddf_case(DDF_CONFIGS[name])
-    with launch_grid(*grid):
+    with host.launch_grid(*grid):
         output = host.ddf(**case.forward_kwargs())
         grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
     assert isinstance(grads, DDFGrads)
@@ -374,7 +369,7 @@ def test_host_ddf_matches_numpy_reference(name, grid):
 @given(config=ddf_configs(), grid=st.tuples(st.integers(1, 4), st.integers(1, 5)))
 def test_host_ddf_matches_numpy_reference_on_any_config_and_grid(config, grid):
     case = make_ddf_case(config)
-    with launch_grid(*grid):
+    with host.launch_grid(*grid):
         output = host.ddf(**case.forward_kwargs())
         grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
     assert_matches_reference(case, output, grads, DDF_REFERENCE)
@@ -386,7 +381,7 @@ def test_host_ddf_gradients_are_bitwise_reproducible_on_any_grid():
     case = make_ddf_case(DDF_CONFIGS["three heads, stride 2, dilation 3, add float32"])
     runs = []
     for grid in [(2, 3), (1, 1), (4, 7)]:
-        with launch_grid(*grid):
+        with host.launch_grid(*grid):
             runs.append(host.ddf_backward(case.grad_output, **case.backward_kwargs()))
     for run in runs[1:]:
         assert_grads_identical(runs[0], run, DDF_GRAD_NAMES)

@@ -11,7 +11,6 @@ the kernels the launchers name.  (test_registry_generic.py covers every backend 
 import re
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +30,6 @@ needs_cupy = pytest.mark.skipif(backend_problem("cupy") is not None,
                                 reason=f"cupy backend: {backend_problem('cupy')}")
 pytestmark = pytest.mark.skipif(backend_problem("host") is not None,
                                 reason=f"host backend: {backend_problem('host')}")
-
-
-@contextmanager
-def launch_grid(blocks, threads):
-    """Run the host kernels on a grid of ``blocks`` x ``threads``."""
-    saved = host.GRID_BLOCKS, host.BLOCK_THREADS
-    host.GRID_BLOCKS, host.BLOCK_THREADS = blocks, threads
-    try:
-        yield
-    finally:
-        host.GRID_BLOCKS, host.BLOCK_THREADS = saved
 
 
 def assert_matches_reference(name, case, output, grads):
@@ -66,7 +54,7 @@ def assert_matches_reference(name, case, output, grads):
 @pytest.mark.parametrize("name,case", CASES, ids=lambda value: getattr(
     value, "description", value))
 def test_host_lsdfn_and_dfn_match_numpy_reference(name, case, grid):
-    with launch_grid(*grid):
+    with host.launch_grid(*grid):
         output = getattr(host, name)(**case.forward_kwargs())
         grads = getattr(host, f"{name}_backward")(case.grad_output, **case.backward_kwargs())
     assert isinstance(output, np.ndarray)
@@ -78,7 +66,7 @@ def test_host_lsdfn_gradients_are_bitwise_reproducible_on_any_grid():
     name, case = next((n, c) for n, c in CASES if n == "lsdfn" and c.grad_output.size)
     runs = []
     for grid in [(1, 1), (2, 3), (4, 5)]:
-        with launch_grid(*grid):
+        with host.launch_grid(*grid):
             runs.append(host.lsdfn_backward(case.grad_output, **case.backward_kwargs()))
     for field in vars(runs[0]):
         values = [getattr(run, field) for run in runs]

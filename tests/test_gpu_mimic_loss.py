@@ -10,7 +10,6 @@ host-warning compile checks of mimic_loss.cu are in test_gpu_cuda_c.py;
 test_registry_generic.py covers the registered backends generically.
 """
 
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -95,23 +94,13 @@ def test_zero_vector_rule_and_a_large_eps(backend_name):
         assert np.isclose(output, mimic_loss(features, target, eps), rtol=1e-13, atol=0)
 
 
-@contextmanager
-def host_grid(host, blocks, threads):
-    saved = host.GRID_BLOCKS, host.BLOCK_THREADS
-    host.GRID_BLOCKS, host.BLOCK_THREADS = blocks, threads
-    try:
-        yield
-    finally:
-        host.GRID_BLOCKS, host.BLOCK_THREADS = saved
-
-
 def test_host_any_grid_gives_the_same_bits():
     host = backend("host")
     features, target, grad_output = arrays((7, 2, 3), np.float32, seed=3,
                                            zero_rows=(("f", 2),))
     runs = []
     for grid in [(1, 1), (2, 3), (4, 5), (3, 16)]:
-        with host_grid(host, *grid):
+        with host.launch_grid(*grid):
             grads = host.mimic_loss_backward(grad_output, features, target)
             runs.append((host.mimic_loss(features, target), grads.grad_features,
                          grads.grad_target))

@@ -153,14 +153,10 @@ def test_host_gradients_are_bitwise_reproducible_on_any_grid(name):
     extra = PS_EXTRA if name == "deform_ps_roi_pool" else {}
     case = make_case(RoIPoolConfig(operator=name, batch=2, rois=4, offset_kind="normal",
                                    dtype="float32", seed=13, **extra))
-    saved = host.GRID_BLOCKS, host.BLOCK_THREADS
     runs = []
-    try:
-        for grid in ((1, 1), (2, 3), (5, 7)):
-            host.GRID_BLOCKS, host.BLOCK_THREADS = grid
+    for grid in ((1, 1), (2, 3), (5, 7)):
+        with host.launch_grid(*grid):
             runs.append(getattr(host, f"{name}_backward")(case.grad_output, **case.backward_kwargs()))
-    finally:
-        host.GRID_BLOCKS, host.BLOCK_THREADS = saved
     for run in runs[1:]:
         for grad in GRAD_NAMES:
             a, b = getattr(run, grad), getattr(runs[0], grad)
