@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import refdyn
-from refdyn.active_conv import active_conv2d, active_conv2d_backward
+from refdyn.checks import compare_results
 from refdyn.ddf_args import DDFGrads
-from refdyn.decoupled_dynamic_filter import ddf, ddf_backward
 from refdyn.gpu import backend_problem, host, host_compiler
+from refdyn.registry import OPERATORS
 from refdyn.testing.active_conv_cases import ActiveConvConfig, make_case as make_active_case
 from refdyn.testing.cases import close_enough, mismatch_report
 from refdyn.testing.ddf_cases import DDFConfig, bad_arguments as ddf_bad_arguments, \
@@ -32,35 +32,18 @@ from refdyn.testing.deform_conv_cases import DeformConvConfig, make_case
 from refdyn.testing.strategies import ddf_configs, deform_conv2d_configs
 
 GRAD_NAMES = ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask")
-DEFORM_REFERENCE = (refdyn.deform_conv2d, refdyn.deform_conv2d_backward, GRAD_NAMES)
-ACTIVE_REFERENCE = (active_conv2d, active_conv2d_backward,
-                    ("grad_input", "grad_positions", "grad_weight", "grad_bias"))
 DDF_GRAD_NAMES = ("grad_features", "grad_channel_filter", "grad_spatial_filter")
-DDF_REFERENCE = (ddf, ddf_backward, DDF_GRAD_NAMES)
 KERNEL_DIR = Path(host.__file__).resolve().parent
 
 pytestmark = pytest.mark.skipif(backend_problem("host") is not None,
                                 reason=f"host backend: {backend_problem('host')}")
 
 
-def assert_matches_reference(case, output, grads, reference=DEFORM_REFERENCE):
-    """Forward output and every gradient close to the vectorized NumPy reference, same dtypes.
-
-    reference: (forward, backward, gradient names) of deform_conv2d or active_conv2d."""
-    forward, backward, grad_names = reference
-    dtype = case.grad_output.dtype
-    expected_output = forward(**case.forward_kwargs())
-    expected = backward(case.grad_output, **case.backward_kwargs())
-    pairs = [("output", output, expected_output)]
-    pairs += [(name, getattr(grads, name), getattr(expected, name)) for name in grad_names]
-    for name, actual, wanted in pairs:
-        assert (actual is None) == (wanted is None), f"{name}\n{case.description}"
-        if wanted is None:
-            continue
-        actual = np.asarray(actual)
-        assert actual.dtype == dtype and actual.shape == wanted.shape, name
-        assert close_enough(actual, wanted, dtype), \
-            f"{mismatch_report(name, actual, wanted, dtype)}\n{case.description}"
+def assert_matches_reference(case, output, grads, operator="deform_conv2d"):
+    """Forward output and every gradient close to the vectorized NumPy reference of the
+    registered ``operator``, same dtypes and shapes."""
+    comparison = compare_results(OPERATORS[operator], case, output, grads)
+    assert comparison.ok, "\n".join(comparison.failures) + f"\n{case.description}"
 
 
 def assert_grads_identical(a, b, names=GRAD_NAMES):
@@ -233,7 +216,7 @@ def test_host_active_conv_matches_numpy_reference(name, deterministic):
     output = host.active_conv2d(**case.forward_kwargs())
     grads = host.active_conv2d_backward(case.grad_output, **case.backward_kwargs(),
                                         deterministic=deterministic)
-    assert_matches_reference(case, output, grads, ACTIVE_REFERENCE)
+    assert_matches_reference(case, output, grads, "active_conv2d")
 
 
 def bad_arguments():
@@ -362,7 +345,7 @@ def test_host_ddf_matches_numpy_reference(name, grid):
         output = host.ddf(**case.forward_kwargs())
         grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
     assert isinstance(grads, DDFGrads)
-    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+    assert_matches_reference(case, output, grads, "ddf")
 
 
 @settings(max_examples=20)
@@ -372,7 +355,7 @@ def test_host_ddf_matches_numpy_reference_on_any_config_and_grid(config, grid):
     with host.launch_grid(*grid):
         output = host.ddf(**case.forward_kwargs())
         grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
-    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+    assert_matches_reference(case, output, grads, "ddf")
 
 
 def test_host_ddf_gradients_are_bitwise_reproducible_on_any_grid():
@@ -395,7 +378,7 @@ def test_host_ddf_empty_batch_returns_empty_arrays_without_launching(monkeypatch
     output = host.ddf(**case.forward_kwargs())
     assert output.shape == (0, 2, 2, 2) and output.dtype == np.float32
     grads = host.ddf_backward(case.grad_output, **case.backward_kwargs())
-    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+    assert_matches_reference(case, output, grads, "ddf")
 
 
 @pytest.mark.parametrize("problem", list(ddf_bad_arguments()))
@@ -499,7 +482,7 @@ def test_cupy_active_conv_matches_numpy_reference_with_numpy_arrays(name, determ
                                                 deterministic=deterministic)
     assert isinstance(output, np.ndarray)
     assert all(isinstance(value, (np.ndarray, type(None))) for value in vars(grads).values())
-    assert_matches_reference(case, output, grads, ACTIVE_REFERENCE)
+    assert_matches_reference(case, output, grads, "active_conv2d")
 
 
 @needs_cupy
@@ -519,7 +502,7 @@ def test_cupy_active_conv_device_arrays_in_and_out(name):
     assert all(isinstance(value, (cupy.ndarray, type(None))) for value in vars(grads).values())
     assert_matches_reference(case, cupy.asnumpy(output), type(grads)(
         **{n: None if v is None else cupy.asnumpy(v) for n, v in vars(grads).items()}),
-        ACTIVE_REFERENCE)
+        "active_conv2d")
 
 
 @needs_cupy
@@ -531,7 +514,7 @@ def test_cupy_ddf_matches_numpy_reference_with_numpy_arrays(name):
     grads = cupy_backend.ddf_backward(case.grad_output, **case.backward_kwargs())
     assert isinstance(output, np.ndarray)
     assert all(isinstance(getattr(grads, n), np.ndarray) for n in DDF_GRAD_NAMES)
-    assert_matches_reference(case, output, grads, DDF_REFERENCE)
+    assert_matches_reference(case, output, grads, "ddf")
 
 
 @needs_cupy
@@ -548,7 +531,7 @@ def test_cupy_ddf_device_arrays_in_and_out(name):
     assert isinstance(output, cupy.ndarray)
     assert all(isinstance(getattr(grads, n), cupy.ndarray) for n in DDF_GRAD_NAMES)
     assert_matches_reference(case, cupy.asnumpy(output), DDFGrads(
-        **{n: cupy.asnumpy(v) for n, v in vars(grads).items()}), DDF_REFERENCE)
+        **{n: cupy.asnumpy(v) for n, v in vars(grads).items()}), "ddf")
 
 
 @needs_cupy

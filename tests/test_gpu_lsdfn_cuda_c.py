@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from refdyn.gpu import backend_problem, host, host_compiler
-from refdyn.testing.cases import close_enough, mismatch_report
+from refdyn.checks import compare_results
+from refdyn.registry import OPERATORS as REGISTERED
 from refdyn.testing.lsdfn_cases import DFNConfig, LSDFNConfig, LSDFNSampleConfig, \
     bad_arguments, error_mismatches, example_cases, make_dfn_case, make_lsdfn_case, \
     make_lsdfn_sample_case, references
@@ -35,19 +36,8 @@ pytestmark = pytest.mark.skipif(backend_problem("host") is not None,
 def assert_matches_reference(name, case, output, grads):
     """The forward output and every gradient close to the NumPy reference, same dtype and
     shape; None exactly where the reference has None."""
-    forward, backward = OPERATORS[name]
-    dtype = case.grad_output.dtype
-    expected = backward(case.grad_output, **case.backward_kwargs())
-    pairs = [("output", output, forward(**case.forward_kwargs()))]
-    pairs += [(field, getattr(grads, field), value) for field, value in vars(expected).items()]
-    for field, actual, wanted in pairs:
-        assert (actual is None) == (wanted is None), f"{field}\n{case.description}"
-        if wanted is None:
-            continue
-        actual = np.asarray(actual)
-        assert actual.dtype == dtype and actual.shape == wanted.shape, field
-        assert close_enough(actual, wanted, dtype), \
-            f"{mismatch_report(field, actual, wanted, dtype)}\n{case.description}"
+    comparison = compare_results(REGISTERED[name], case, output, grads)
+    assert comparison.ok, "\n".join(comparison.failures) + f"\n{case.description}"
 
 
 @pytest.mark.parametrize("grid", [(2, 3), (1, 1), (5, 7)], ids=lambda g: f"{g[0]}x{g[1]}")
