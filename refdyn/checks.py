@@ -60,20 +60,20 @@ def compare_with_reference(op: Operator, implementation: Implementation, case: C
 def compare_results(op: Operator, case: Case, output, actual_grads) -> Comparison:
     """A forward ``output`` and gradient record ``actual_grads`` computed on ``case`` (by any
     backend, on any launch grid) against the reference backend: same dtype and shape, close
-    within the dtype's tolerances, None exactly where the reference has None."""
+    within the dtype's tolerances, None exactly where the reference's gradient record has
+    None (a gradient the call has no input for, such as a RoI pooling's offset)."""
     reference = op.implementation(REFERENCE_BACKEND)
     dtype = case.grad_output.dtype
     result = Comparison()
     outputs = {"output": (np.asarray(output), run_forward(reference, case))}
     expected_grads = run_backward(reference, case)
-    for name in op.differentiable:
-        expected = getattr(expected_grads, f"grad_{name}")
-        actual = getattr(actual_grads, f"grad_{name}")
+    for name, expected in vars(expected_grads).items():     # grad_<each differentiable input>
+        actual = getattr(actual_grads, name, None)
         if expected is None or actual is None:
             if (expected is None) != (actual is None):
-                result.failures.append(f"grad_{name}: expected {'None' if expected is None else 'an array'}")
+                result.failures.append(f"{name}: expected {'None' if expected is None else 'an array'}")
             continue
-        outputs[f"grad_{name}"] = (np.asarray(actual), np.asarray(expected))
+        outputs[name] = (np.asarray(actual), np.asarray(expected))
     for name, (actual, expected) in outputs.items():
         if actual.dtype != dtype:
             result.failures.append(f"{name}: dtype {actual.dtype}, expected {dtype}")
