@@ -1,6 +1,7 @@
 """Test-wide settings: the Hypothesis profiles and the Numba CUDA simulator without a GPU; the
 border-rule edge case the GPU backend tests share."""
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -69,6 +70,18 @@ def border_edge_case():
         return BorderEdgeCase(case, points, expected_output.astype(dtype),
                               expected_grad_offset.astype(dtype))
     return make
+
+
+@pytest.fixture(scope="module")
+def nb():
+    """The Numba backend, refdyn.gpu.numba (its tests skip first where Numba cannot run)."""
+    return importlib.import_module("refdyn.gpu.numba")
+
+
+@pytest.fixture(scope="module")
+def cuda():
+    """numba.cuda (the simulator without a GPU)."""
+    return importlib.import_module("numba.cuda")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ Without a GPU, conftest.py selects Numba's CUDA simulator, where every thread is
 thread: the sizes stay tiny (the thorough example configurations are left to the host tests).
 """
 
-import importlib
 
 import numpy as np
 import pytest
@@ -22,16 +21,6 @@ PROBLEM = backend_problem("numba")
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"numba backend: {PROBLEM}")
 
 OPERATORS = references()
-
-
-@pytest.fixture(scope="module")
-def nb():
-    return importlib.import_module("refdyn.gpu.numba")
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    return importlib.import_module("numba.cuda")
 
 
 def assert_matches_reference(name, case, output, grads):

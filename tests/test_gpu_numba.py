@@ -5,7 +5,6 @@ On a machine with a GPU the kernels run on the device; without one, conftest.py 
 Numba's CUDA simulator, where every thread is a Python thread: sizes stay tiny.
 """
 
-import importlib
 
 import numpy as np
 import pytest
@@ -28,16 +27,6 @@ pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"numba backend: {PR
 
 GRAD_NAMES = ("grad_input", "grad_offset", "grad_weight", "grad_bias", "grad_mask")
 ACTIVE_GRAD_NAMES = ("grad_input", "grad_positions", "grad_weight", "grad_bias")
-
-
-@pytest.fixture(scope="module")
-def nb():
-    return importlib.import_module("refdyn.gpu.numba")
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    return importlib.import_module("numba.cuda")
 
 
 def is_device_array(cuda, array):
