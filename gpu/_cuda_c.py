@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGeometry, DeformConvGrads
 
 #: The fields of ``struct Geometry`` in deform_conv.cu, in order (18 int64 values).
@@ -70,69 +69,95 @@ def kernel_name(name: str, geo: DeformConvGeometry) -> str:
     return f"deform_conv_{name}_{KERNEL_SUFFIX[geo.dtype]}"
 
 
+#: Column elements (C_in K H_out W_out per image) the CUDA C path holds at a time, in the sampled
+#: columns and in the column gradient (each at most 128 MiB in float32, at least one image): a
+#: GPU multiplies the columns of many images in one matrix product, as torchvision does.
+DEFAULT_CHUNK_ELEMENTS = 1 << 25
+
+
 def image_chunks(geo: DeformConvGeometry, chunk_elements: int):
-    """(first, stop) ranges of images whose column gradient (C_in K H_out W_out elements per
-    image) holds at most ``chunk_elements`` elements; at least one image per chunk."""
+    """Slices of images whose columns (C_in K H_out W_out elements per image) hold at most
+    ``chunk_elements`` elements; at least one image per slice."""
     per_image = geo.in_channels * geo.taps * geo.out_h * geo.out_w
     step = max(1, chunk_elements // per_image)
     for first in range(0, geo.batch, step):
-        yield first, min(first + step, geo.batch)
+        yield slice(first, min(first + step, geo.batch))
 
 
-def forward(xp, launch, geo: DeformConvGeometry, input, offset, weight, bias, mask):
-    """Output of deform_conv2d (DCNv1 Eq. 2 / DCNv2 Eq. 1): one kernel, one thread per element."""
+def _per_group(geo: DeformConvGeometry, array):
+    """A C-contiguous (images, channels, ..., H_out, W_out) array as (images, groups,
+    channels / groups * ..., H_out W_out): the matrix of each group of each image, a view."""
+    return array.reshape(len(array), geo.groups, -1, geo.out_h * geo.out_w)
+
+
+def weight_matrices(geo: DeformConvGeometry, weight):
+    """weight (C_out, C_in/groups, kh, kw) as (groups, C_out/groups, C_in/groups K), (c', k) order:
+    the rows of each group's matrix, matching :func:`_per_group` of the columns."""
+    return weight.reshape(geo.groups, geo.out_per_group, geo.in_per_group * geo.taps)
+
+
+def sampled_columns(xp, launch, geo: DeformConvGeometry, input, offset, mask, images: slice):
+    """columns[n, c, k, i, j] = x_c(p_k) dm_k of the images ``images`` (kernel "columns"),
+    (images, C_in, K, H_out, W_out)."""
+    count = images.stop - images.start
+    columns = xp.empty((count, geo.in_channels, geo.taps, geo.out_h, geo.out_w), dtype=geo.dtype)
+    launch(kernel_name("columns", geo), columns.size,
+           [geometry_array(xp, geo, count), input[images], offset[images],
+            None if mask is None else mask[images], columns])
+    return columns
+
+
+def forward(xp, launch, geo: DeformConvGeometry, input, offset, weight, bias, mask,
+            chunk_elements: int = DEFAULT_CHUNK_ELEMENTS):
+    """Output of deform_conv2d (DCNv1 Eq. 2 / DCNv2 Eq. 1): per chunk of images the sampled
+    columns, then out = W columns, one matrix product per group (batched over the images)."""
     output = xp.empty(geo.output_shape, dtype=geo.dtype)
-    if geo.batch == 0:
-        return output
-    launch(kernel_name("forward", geo), output.size,
-           [geometry_array(xp, geo, geo.batch), input, offset, mask, weight, bias, output])
+    weights = weight_matrices(geo, weight)
+    for images in image_chunks(geo, chunk_elements):
+        columns = sampled_columns(xp, launch, geo, input, offset, mask, images)
+        output[images] = xp.matmul(weights, _per_group(geo, columns)).reshape(
+            output[images].shape)
+    if bias is not None:
+        output += bias[None, :, None, None]
     return output
 
 
 def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, weight, mask,
              coord_grad: str, deterministic: bool,
              chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
-    """Every gradient of deform_conv2d (DCNv1 Appendix A; DCNv2).
+    """Every gradient of deform_conv2d (DCNv1 Appendix A; DCNv2), a chunk of images at a time.
 
-    The column gradient is held for a chunk of images at a time (``chunk_elements``, as in the
-    NumPy reference); grad_weight and grad_bias are gathered over the whole batch at the end.
-    ``deterministic`` picks the ordered gather for grad_input instead of atomicAdd.
+    Matrix products give the column gradient col_grad = W^T go and grad_weight = go columns^T
+    (the columns sampled again); the kernels give grad_offset and grad_mask from col_grad, and
+    grad_input, the adjoint of sampling, by atomicAdd or (``deterministic``) an ordered gather.
     """
     grad_input = xp.zeros(input.shape, dtype=geo.dtype)
     grad_offset = xp.zeros(offset.shape, dtype=geo.dtype)
-    grad_weight = xp.zeros(weight.shape, dtype=geo.dtype)
-    grad_bias = xp.zeros(geo.out_channels, dtype=geo.dtype) if geo.has_bias else None
+    grad_weight = xp.zeros(weight_matrices(geo, weight).shape, dtype=geo.dtype)
     grad_mask = xp.zeros(mask.shape, dtype=geo.dtype) if mask is not None else None
-    if geo.batch == 0:
-        return DeformConvGrads(grad_input, grad_offset, grad_weight, grad_bias, grad_mask)
-
+    weights = weight_matrices(geo, weight)
     rule = COORD_GRAD_RULES[coord_grad]
-    for first, stop in image_chunks(geo, chunk_elements):
-        images = slice(first, stop)
-        chunk_geometry = geometry_array(xp, geo, stop - first)
+    for images in image_chunks(geo, chunk_elements):
+        count = images.stop - images.start
+        chunk_geometry = geometry_array(xp, geo, count)
         chunk_mask = mask[images] if mask is not None else None
-        chunk_grad_mask = grad_mask[images] if mask is not None else None
-        column_grad = xp.empty((stop - first, geo.in_channels, geo.taps, geo.out_h, geo.out_w),
-                               dtype=geo.dtype)
-        launch(kernel_name("col_grad", geo), column_grad.size,
-               [chunk_geometry, weight, grad_output[images], column_grad])
-        launch(kernel_name("grad_offset_mask", geo),
-               (stop - first) * geo.offset_groups * geo.taps * geo.out_h * geo.out_w,
+        go = _per_group(geo, grad_output[images])                   # (images, groups, O/gr, L)
+        column_grad = xp.matmul(weights.transpose(0, 2, 1), go)            # C-contiguous
+        launch(kernel_name("grad_offset_mask", geo), count * geo.offset_groups * geo.taps
+               * geo.out_h * geo.out_w,
                [chunk_geometry, input[images], offset[images], chunk_mask, column_grad, rule,
-                grad_offset[images], chunk_grad_mask])
+                grad_offset[images], grad_mask[images] if mask is not None else None])
         if deterministic:
-            _grad_input_ordered(xp, launch, geo, chunk_geometry, stop - first, offset[images],
+            _grad_input_ordered(xp, launch, geo, chunk_geometry, count, offset[images],
                                 chunk_mask, column_grad, grad_input[images])
         else:
             launch(kernel_name("grad_input_atomic", geo), column_grad.size,
                    [chunk_geometry, offset[images], chunk_mask, column_grad, grad_input[images]])
-
-    whole_batch = geometry_array(xp, geo, geo.batch)
-    launch(kernel_name("grad_weight", geo), grad_weight.size,
-           [whole_batch, input, offset, mask, grad_output, grad_weight])
-    if grad_bias is not None:
-        launch(kernel_name("grad_bias", geo), grad_bias.size, [whole_batch, grad_output, grad_bias])
-    return DeformConvGrads(grad_input, grad_offset, grad_weight, grad_bias, grad_mask)
+        columns = _per_group(geo, sampled_columns(xp, launch, geo, input, offset, mask, images))
+        grad_weight += xp.matmul(go, columns.transpose(0, 1, 3, 2)).sum(axis=0)
+    grad_bias = grad_output.sum(axis=(0, 2, 3)) if geo.has_bias else None
+    return DeformConvGrads(grad_input, grad_offset, grad_weight.reshape(weight.shape), grad_bias,
+                           grad_mask)
 
 
 def _grad_input_ordered(xp, launch, geo, chunk_geometry, images, offset, mask, column_grad,

@@ -19,7 +19,6 @@ import numpy as np
 
 from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.ddf_args import DDFGrads, check_ddf_args, check_ddf_backward_args
-from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
@@ -84,21 +83,25 @@ def _grads_like_input(grads, input):
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
-                  *, boundary="zeros"):
-    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1) on the GPU.
+                  *, boundary="zeros", chunk_elements: int = _cuda_c.DEFAULT_CHUNK_ELEMENTS):
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1) on the GPU: the sampled columns of a
+    chunk of images (CUDA C), then one cuBLAS matrix product per group.
 
     Same arguments and result as :func:`refdyn.deform_conv2d`; NumPy or CuPy arrays.
+    ``chunk_elements`` bounds the columns held at a time
+    (:data:`refdyn.gpu._cuda_c.DEFAULT_CHUNK_ELEMENTS`).
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
                                    boundary=boundary, all_finite=_all_finite)
-    output = _cuda_c.forward(cupy, launch, geo, *_to_device(input, offset, weight, bias, mask))
+    output = _cuda_c.forward(cupy, launch, geo, *_to_device(input, offset, weight, bias, mask),
+                             chunk_elements)
     return _like_input(output, input)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
                            *, boundary="zeros",
-                           chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+                           chunk_elements: int = _cuda_c.DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
     """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2) on the GPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:

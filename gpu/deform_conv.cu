@@ -18,12 +18,16 @@
 // integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
 // compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header.
 //
+// The operator is im2col and a matrix product, as in torchvision's and mmcv's kernels: this file
+// samples, the matrix products are the array library's (cuBLAS through CuPy; see _cuda_c.py):
+//     columns[n, c, k, i, j] = x_c(p_k) dm_k                         (kernel "columns", Eq. 2-3)
+//     out[n, o] = bias[o] + sum_{c' k} w[o, c', k] columns[n, c, k]  (a GEMM per group)
 // Backward (DCNv1 Appendix A, with DCNv2's modulation), go = dL/d output:
-//     col_grad[n, c, k, i, j] = sum_{o in group(c)} w[o, c', k] go[n, o, i, j]
+//     col_grad[n, c, k, i, j] = sum_{o in group(c)} w[o, c', k] go[n, o, i, j]   (a GEMM)
 //     dL/d x(q)   = sum over samples p of col_grad dm G(q, p)          (scatter, or ordered gather)
 //     dL/d dp_k   = sum_{c in offset group} col_grad dm d x_c(p)/d p    (Eq. 7)
 //     dL/d dm_k   = sum_{c in offset group} col_grad x_c(p)
-//     dL/d w      = sum_{n, i, j} go x_c(p) dm;     dL/d bias = sum_{n, i, j} go
+//     dL/d w      = sum_{n, i, j} go columns (a GEMM);     dL/d bias = sum_{n, i, j} go
 
 typedef long long index_t;
 
@@ -73,11 +77,25 @@ __device__ __forceinline__ index_t offset_index(const Geometry& geo, index_t n, 
     return ((n * geo.offset_groups + g) * 2 * geo.taps() + 2 * k) * geo.positions() + pos.flat;
 }
 
-// Flat index of col_grad[n, c, k, i, j].
+// Flat index of columns[n, c, k, i, j] or col_grad[n, c, k, i, j].
 __device__ __forceinline__ index_t column_index(const Geometry& geo, index_t n, index_t c,
                                                 index_t k, const Position& pos)
 {
     return ((n * geo.in_channels + c) * geo.taps() + k) * geo.positions() + pos.flat;
+}
+
+// A flat index of a (N, C_in, K, H_out, W_out) column array split into its image n, channel c,
+// the channel's offset group g, tap k and output position: the inverse of column_index.
+struct ColumnElement {
+    index_t n, c, g, k;
+    Position pos;
+};
+
+__device__ __forceinline__ ColumnElement split_column(const Geometry& geo, index_t idx)
+{
+    const Position pos = split_position(geo, idx);
+    const index_t k = pos.rest % geo.taps(), c = pos.rest / geo.taps() % geo.in_channels;
+    return {pos.rest / (geo.taps() * geo.in_channels), c, c / geo.in_per_offset_group(), k, pos};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -254,61 +272,25 @@ __device__ Point<scalar_t> bilinear_coord_grad(const Geometry& geo, const scalar
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward (DCNv1 Eq. 2, DCNv2 Eq. 1)
+// Sampled columns, the forward's part that is not a matrix product (DCNv1 Eq. 2, DCNv2 Eq. 1)
 // ---------------------------------------------------------------------------------------------
 
-// out[n, o, i, j] = bias[o] + sum_{c in group(o)} sum_k w[o, c', k] x_c(p_k) dm_k, one thread per
-// output element, summed directly (no im2col buffer).
+// columns[n, c, k, i, j] = x_c(p_k) dm_k, one thread per element (im2col of the sampled input).
 template <typename scalar_t>
-__device__ void forward(const Geometry geo, const scalar_t* input, const scalar_t* offset,
-                        const scalar_t* mask, const scalar_t* weight, const scalar_t* bias,
-                        scalar_t* output)
+__device__ void sampled_columns(const Geometry geo, const scalar_t* input, const scalar_t* offset,
+                                const scalar_t* mask, scalar_t* columns)
 {
-    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
-    GRID_STRIDE_LOOP(idx, geo.batch * geo.out_channels * geo.positions()) {
-        const Position pos = split_position(geo, idx);
-        const index_t o = pos.rest % geo.out_channels, n = pos.rest / geo.out_channels;
-        const index_t first_channel = o / geo.out_per_group() * in_per_group;
-        scalar_t sum = 0;
-        for (index_t c_local = 0; c_local < in_per_group; ++c_local) {
-            const index_t c = first_channel + c_local;
-            const index_t g = c / geo.in_per_offset_group();
-            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
-            for (index_t k = 0; k < taps; ++k) {
-                const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-                const scalar_t column = bilinear_sample(geo, image, p)
-                                        * modulation(geo, mask, n, g, k, pos);
-                sum += weight[(o * in_per_group + c_local) * taps + k] * column;
-            }
-        }
-        output[idx] = bias == nullptr ? sum : sum + bias[o];
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * geo.taps() * geo.positions()) {
+        const ColumnElement e = split_column(geo, idx);
+        const scalar_t* image = input + (e.n * geo.in_channels + e.c) * geo.pixels();
+        const Point<scalar_t> p = sampling_point(geo, offset, e.n, e.g, e.k, e.pos);
+        columns[idx] = bilinear_sample(geo, image, p) * modulation(geo, mask, e.n, e.g, e.k, e.pos);
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward (DCNv1 Appendix A; DCNv2 Eq. 1 for the mask)
+// Backward (DCNv1 Appendix A; DCNv2 Eq. 1 for the mask); col_grad comes from a matrix product
 // ---------------------------------------------------------------------------------------------
-
-// col_grad[n, c, k, i, j] = sum_{o in group(c)} w[o, c', k] go[n, o, i, j]: dL/d(x_c(p_k) dm_k).
-template <typename scalar_t>
-__device__ void col_grad(const Geometry geo, const scalar_t* weight, const scalar_t* grad_output,
-                         scalar_t* column_grad)
-{
-    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
-    const index_t out_per_group = geo.out_per_group();
-    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * taps * geo.positions()) {
-        const Position pos = split_position(geo, idx);
-        const index_t k = pos.rest % taps, c = pos.rest / taps % geo.in_channels;
-        const index_t n = pos.rest / (taps * geo.in_channels);
-        const index_t c_local = c % in_per_group, first_out = c / in_per_group * out_per_group;
-        scalar_t sum = 0;
-        for (index_t o = first_out; o < first_out + out_per_group; ++o) {
-            sum += weight[(o * in_per_group + c_local) * taps + k]
-                   * grad_output[(n * geo.out_channels + o) * geo.positions() + pos.flat];
-        }
-        column_grad[idx] = sum;
-    }
-}
 
 // dL/d dp_k = sum_c col_grad dm_k d x_c(p)/d p (Eq. 7) and dL/d dm_k = sum_c col_grad x_c(p) over
 // the channels c of offset group g; one thread per (n, g, k, i, j).  grad_mask is null without
@@ -352,17 +334,13 @@ template <typename scalar_t>
 __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, const scalar_t* mask,
                                   const scalar_t* column_grad, scalar_t* grad_input)
 {
-    const index_t taps = geo.taps();
-    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * taps * geo.positions()) {
-        const Position pos = split_position(geo, idx);
-        const index_t k = pos.rest % taps, c = pos.rest / taps % geo.in_channels;
-        const index_t n = pos.rest / (taps * geo.in_channels);
-        const index_t g = c / geo.in_per_offset_group();
-        const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
+    GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * geo.taps() * geo.positions()) {
+        const ColumnElement e = split_column(geo, idx);
+        const Point<scalar_t> p = sampling_point(geo, offset, e.n, e.g, e.k, e.pos);
         if (!sample_reads_image(geo, p)) continue;  // x(p) = 0 reads no pixel
         const Neighbours<scalar_t> q(geo, p);
-        const scalar_t grad_sample = column_grad[idx] * modulation(geo, mask, n, g, k, pos);
-        scalar_t* grad_image = grad_input + (n * geo.in_channels + c) * geo.pixels();
+        const scalar_t grad_sample = column_grad[idx] * modulation(geo, mask, e.n, e.g, e.k, e.pos);
+        scalar_t* grad_image = grad_input + (e.n * geo.in_channels + e.c) * geo.pixels();
         for (int corner = 0; corner < 4; ++corner) {
             if (q.in_image(corner)) {
                 atomicAdd(&grad_image[q.row(corner) * geo.width + q.col(corner)],
@@ -475,47 +453,6 @@ __device__ void grad_input_gather(const Geometry geo, const scalar_t* offset, co
     }
 }
 
-// grad_weight[o, c', k] = sum_{n, i, j} go[n, o, i, j] x_c(p_k) dm_k, gathered by one thread per
-// weight element (no atomics).
-template <typename scalar_t>
-__device__ void grad_weight(const Geometry geo, const scalar_t* input, const scalar_t* offset,
-                            const scalar_t* mask, const scalar_t* grad_output, scalar_t* grad_w)
-{
-    const index_t taps = geo.taps(), in_per_group = geo.in_per_group();
-    GRID_STRIDE_LOOP(idx, geo.out_channels * in_per_group * taps) {
-        const index_t k = idx % taps, c_local = idx / taps % in_per_group;
-        const index_t o = idx / (taps * in_per_group);
-        const index_t c = o / geo.out_per_group() * in_per_group + c_local;
-        const index_t g = c / geo.in_per_offset_group();
-        scalar_t sum = 0;
-        for (index_t n = 0; n < geo.batch; ++n) {
-            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
-            const scalar_t* go = grad_output + (n * geo.out_channels + o) * geo.positions();
-            for (index_t flat = 0; flat < geo.positions(); ++flat) {
-                const Position pos = split_position(geo, flat);
-                const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
-                sum += go[flat] * (bilinear_sample(geo, image, p)
-                                   * modulation(geo, mask, n, g, k, pos));
-            }
-        }
-        grad_w[idx] = sum;
-    }
-}
-
-// grad_bias[o] = sum_{n, i, j} go[n, o, i, j], one thread per output channel.
-template <typename scalar_t>
-__device__ void grad_bias(const Geometry geo, const scalar_t* grad_output, scalar_t* grad_b)
-{
-    GRID_STRIDE_LOOP(o, geo.out_channels) {
-        scalar_t sum = 0;
-        for (index_t n = 0; n < geo.batch; ++n) {
-            const scalar_t* go = grad_output + (n * geo.out_channels + o) * geo.positions();
-            for (index_t flat = 0; flat < geo.positions(); ++flat) sum += go[flat];
-        }
-        grad_b[o] = sum;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Exported kernels: deform_conv_<name>_f32 / _f64 (and the dtype-free sort)
 // ---------------------------------------------------------------------------------------------
@@ -529,17 +466,11 @@ extern "C" __global__ void deform_conv_sort_contributions(const Geometry* geo,
 }
 
 #define DEFORM_CONV_KERNELS(suffix, scalar_t)                                                     \
-    extern "C" __global__ void deform_conv_forward_##suffix(                                      \
+    extern "C" __global__ void deform_conv_columns_##suffix(                                      \
         const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
-        const scalar_t* weight, const scalar_t* bias, scalar_t* output)                           \
+        scalar_t* columns)                                                                        \
     {                                                                                             \
-        forward(*geo, input, offset, mask, weight, bias, output);                                 \
-    }                                                                                             \
-    extern "C" __global__ void deform_conv_col_grad_##suffix(                                     \
-        const Geometry* geo, const scalar_t* weight, const scalar_t* grad_output,                 \
-        scalar_t* column_grad)                                                                    \
-    {                                                                                             \
-        col_grad(*geo, weight, grad_output, column_grad);                                         \
+        sampled_columns(*geo, input, offset, mask, columns);                                      \
     }                                                                                             \
     extern "C" __global__ void deform_conv_grad_offset_mask_##suffix(                             \
         const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
@@ -570,17 +501,6 @@ extern "C" __global__ void deform_conv_sort_contributions(const Geometry* geo,
         const index_t* entries, scalar_t* grad_input)                                             \
     {                                                                                             \
         grad_input_gather(*geo, offset, mask, column_grad, starts, sizes, entries, grad_input);   \
-    }                                                                                             \
-    extern "C" __global__ void deform_conv_grad_weight_##suffix(                                  \
-        const Geometry* geo, const scalar_t* input, const scalar_t* offset, const scalar_t* mask, \
-        const scalar_t* grad_output, scalar_t* grad_w)                                            \
-    {                                                                                             \
-        grad_weight(*geo, input, offset, mask, grad_output, grad_w);                              \
-    }                                                                                             \
-    extern "C" __global__ void deform_conv_grad_bias_##suffix(                                    \
-        const Geometry* geo, const scalar_t* grad_output, scalar_t* grad_b)                       \
-    {                                                                                             \
-        grad_bias(*geo, grad_output, grad_b);                                                     \
     }
 
 DEFORM_CONV_KERNELS(f32, float)

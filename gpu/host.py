@@ -31,7 +31,6 @@ import numpy as np
 
 from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.ddf_args import DDFGrads, check_ddf_args, check_ddf_backward_args
-from refdyn.deform_conv import DEFAULT_CHUNK_ELEMENTS
 from refdyn.deform_conv_args import DeformConvGrads, check_deform_conv2d_args, \
     check_deform_conv2d_backward_args
 
@@ -176,21 +175,23 @@ def _contiguous(array):
 
 
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
-                  *, boundary="zeros"):
-    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1), the CUDA C kernel run on the CPU.
+                  *, boundary="zeros", chunk_elements: int = _cuda_c.DEFAULT_CHUNK_ELEMENTS):
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1), the CUDA C kernel run on the CPU (the
+    matrix products by NumPy).
 
-    Same arguments and result as :func:`refdyn.deform_conv2d` (one thread per output element,
-    so no buffer and no ``chunk_elements``).
+    Same arguments and result as :func:`refdyn.deform_conv2d`; ``chunk_elements`` bounds the
+    sampled columns held at a time (:data:`refdyn.gpu._cuda_c.DEFAULT_CHUNK_ELEMENTS`).
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
                                    boundary=boundary)
-    return _cuda_c.forward(np, launch, geo, *map(_contiguous, (input, offset, weight, bias, mask)))
+    return _cuda_c.forward(np, launch, geo, *map(_contiguous, (input, offset, weight, bias, mask)),
+                           chunk_elements)
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
                            dilation=1, mask=None, coord_grad="torchvision", deterministic=False,
                            *, boundary="zeros",
-                           chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
+                           chunk_elements: int = _cuda_c.DEFAULT_CHUNK_ELEMENTS) -> DeformConvGrads:
     """Gradients of deform_conv2d (DCNv1 Appendix A; DCNv2), the CUDA C kernels run on the CPU.
 
     Same arguments and result as :func:`refdyn.deform_conv2d_backward`, plus ``deterministic``:

@@ -19,11 +19,14 @@ and every constant is made with ``array.dtype.type``, so no float32 value is eve
 
 Kernels (one thread per element, grid-stride loops, 64-bit indices):
 
-- forward: one thread per output (n, o, i, j) sums its C_in/groups * kh * kw terms directly;
+- forward: im2col, as the CUDA C kernels and torchvision do: the sampled columns
+  x_c(p_k) dm_k, one thread per (n, c, k, i, j), then out = W columns per group by a matrix
+  product kernel (each thread a strip of rows of one column) and the bias;
 - backward (DCNv1 Appendix A, Eq. 7; DCNv2 adds the mask), from the column gradient
-  col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j]:
-  grad_offset and grad_mask per (n, g, k, i, j), grad_weight per (o, c', k), grad_bias per o,
-  all gathers with a fixed summation order; grad_input either by ``cuda.atomic.add`` scatter
+  col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j] (a matrix
+  product): grad_offset and grad_mask per (n, g, k, i, j), grad_weight a product per image
+  summed over the images, grad_bias per o, all with a fixed summation order; grad_input either
+  by ``cuda.atomic.add`` scatter
   (``deterministic=False``, as torchvision does) or by a gather over a per-pixel list of
   contributions sorted by contribution id (``deterministic=True``: integer atomics only,
   bitwise identical results on every run).
@@ -40,6 +43,7 @@ array work around the kernels is NumPy on the host (see :func:`active_conv2d`).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -56,7 +60,7 @@ from ._numba_roi import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_
     deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, ps_roi_align, \
     ps_roi_align_backward, roi_align, roi_align_backward
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
-    _split, cuda
+    _split, cuda, numba
 
 __all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
            "ddf", "ddf_backward", "roi_align", "roi_align_backward", "ps_roi_align",
@@ -198,66 +202,103 @@ def _coord_grad(image, n, c, p_y, p_x, mmcv, border):
 
 
 # ---------------------------------------------------------------------------------------------
-# Forward: one thread per output element (DCNv1 Eq. 2, DCNv2 Eq. 1)
+# Sampled columns and matrix products: the forward is im2col then out = W columns per group
+# (DCNv1 Eq. 2, DCNv2 Eq. 1); the backward's column gradient and grad_weight are products too
 # ---------------------------------------------------------------------------------------------
 
 @cuda.jit
-def _forward_kernel(total, input, offset, mask, weight, bias, out, layer, border):
-    """out[n, o, i, j] = bias[o] + sum_{c', a, b} w[o, c', a, b] * x(p) * dm."""
-    T = input.dtype.type
-    out_channels, in_per_group, kernel_h, kernel_w = weight.shape
-    out_h = out.shape[2]
-    out_w = out.shape[3]
-    taps = kernel_h * kernel_w
-    groups = input.shape[1] // in_per_group
-    in_per_offset_group = input.shape[1] // (offset.shape[1] // (2 * taps))
-    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, j = _split(index, out_w)
-        rest, i = _split(rest, out_h)
-        n, o = _split(rest, out_channels)
-        group = o // (out_channels // groups)
-        acc = T(0)
-        for c_local in range(in_per_group):
-            c = group * in_per_group + c_local
-            g = c // in_per_offset_group
-            for k in range(taps):
-                a, b = _split(k, kernel_w)
-                gk = g * taps + k
-                p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
-                column = (_sample(input, n, c, p_y, p_x, border)
-                          * _modulation(mask, offset, n, gk, i, j))
-                acc += weight[o, c_local, a, b] * column
-        if bias is not None:
-            acc += bias[o]
-        out[n, o, i, j] = acc
-
-
-# ---------------------------------------------------------------------------------------------
-# Backward (DCNv1 Appendix A, Eq. 7; DCNv2 Eq. 1 differentiated with the mask)
-# ---------------------------------------------------------------------------------------------
-
-@cuda.jit
-def _column_grad_kernel(total, grad_output, weight, columns):
-    """columns[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j]."""
-    T = grad_output.dtype.type
-    out_channels, in_per_group, kernel_h, kernel_w = weight.shape
-    in_channels = columns.shape[1]
-    taps = columns.shape[2]
-    out_h = columns.shape[3]
-    out_w = columns.shape[4]
-    out_per_group = out_channels // (in_channels // in_per_group)
+def _columns_kernel(total, input, offset, mask, columns, kernel_w, layer, border):
+    """columns[n, c, k, i, j] = x_c(p_k) * dm_k, one thread per element (im2col)."""
+    in_channels = input.shape[1]
+    taps, out_h, out_w = columns.shape[2], columns.shape[3], columns.shape[4]
+    in_per_offset_group = in_channels // (offset.shape[1] // (2 * taps))
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         rest, j = _split(index, out_w)
         rest, i = _split(rest, out_h)
         rest, k = _split(rest, taps)
         n, c = _split(rest, in_channels)
-        group, c_local = _split(c, in_per_group)
         a, b = _split(k, kernel_w)
-        acc = T(0)
-        for o in range(group * out_per_group, (group + 1) * out_per_group):
-            acc += weight[o, c_local, a, b] * grad_output[n, o, i, j]
-        columns[n, c, k, i, j] = acc
+        gk = c // in_per_offset_group * taps + k
+        p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+        columns[n, c, k, i, j] = (_sample(input, n, c, p_y, p_x, border)
+                                  * _modulation(mask, offset, n, gk, i, j))
 
+
+#: Rows of the product one thread computes: each element of B it reads serves _ROWS terms, held
+#: in registers (no shared memory, so no barrier: the simulator runs it as fast as any kernel).
+_ROWS = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_kernel(dtype):
+    """The matrix product kernel for elements of the NumPy ``dtype`` (its per-thread array of
+    sums needs the element type when it is compiled)."""
+    element = numba.from_dtype(dtype)
+
+    @cuda.jit
+    def matmul(total, a, b, out, transpose_a, transpose_b):
+        """out[n, g] = A[n, g] B[n, g] with A = a or its transpose (``transpose_a``: a[n, g] is
+        (inner, rows)) and B likewise (b[n, g] is (cols, inner)); an operand with one image
+        serves every image.  One thread per strip of _ROWS rows of one column, the sum over
+        the inner index in increasing order (the same on every run)."""
+        sums = cuda.local.array(_ROWS, element)
+        groups, rows, cols = out.shape[1], out.shape[2], out.shape[3]
+        strips = -(-rows // _ROWS)
+        inner = a.shape[2] if transpose_a else a.shape[3]
+        for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+            rest, col = _split(index, cols)
+            rest, strip = _split(rest, strips)
+            n, g = _split(rest, groups)
+            na, nb = min(n, a.shape[0] - 1), min(n, b.shape[0] - 1)
+            first = strip * _ROWS
+            for r in range(_ROWS):
+                sums[r] = out.dtype.type(0)
+            for e in range(inner):
+                value = b[nb, g, col, e] if transpose_b else b[nb, g, e, col]
+                for r in range(_ROWS):
+                    if first + r < rows:
+                        sums[r] += (a[na, g, e, first + r] if transpose_a
+                                    else a[na, g, first + r, e]) * value
+            for r in range(_ROWS):
+                if first + r < rows:
+                    out[n, g, first + r, col] = sums[r]
+
+    return matmul
+
+
+def _matmul(a, b, out, transpose_a=False, transpose_b=False):
+    """out = A B per (image, group) with 4-D device arrays, as :func:`_matmul_kernel` says."""
+    total = out.shape[0] * out.shape[1] * -(-out.shape[2] // _ROWS) * out.shape[3]
+    _launch(_matmul_kernel(np.dtype(out.dtype)), total, a, b, out, transpose_a, transpose_b)
+
+
+@cuda.jit
+def _sum_images_kernel(total, partial, out):
+    """out[g, r, c] = sum_n partial[n, g, r, c], n in increasing order."""
+    groups, rows, cols = partial.shape[1], partial.shape[2], partial.shape[3]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, c = _split(index, cols)
+        g, r = _split(rest, rows)
+        acc = partial.dtype.type(0)
+        for n in range(partial.shape[0]):
+            acc += partial[n, g, r, c]
+        out[g, r, c] = acc
+
+
+@cuda.jit
+def _add_bias_kernel(total, out, bias):
+    """out[n, o, i, j] += bias[o]."""
+    out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, j = _split(index, out_w)
+        rest, i = _split(rest, out_h)
+        n, o = _split(rest, out_channels)
+        out[n, o, i, j] += bias[o]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward (DCNv1 Appendix A, Eq. 7; DCNv2 Eq. 1 differentiated with the mask)
+# ---------------------------------------------------------------------------------------------
 
 @cuda.jit
 def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, grad_mask,
@@ -294,34 +335,6 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
         grad_offset[n, 2 * gk + 1, i, j] = grad_x
         if grad_mask is not None:
             grad_mask[n, gk, i, j] = grad_m
-
-
-@cuda.jit
-def _weight_grad_kernel(total, grad_output, input, offset, mask, grad_weight, layer, border):
-    """grad_weight[o, c', a, b] = sum_{n, i, j} grad_output[n, o, i, j] * x(p) * dm."""
-    T = input.dtype.type
-    batch = input.shape[0]
-    out_channels, in_per_group, kernel_h, kernel_w = grad_weight.shape
-    out_h = grad_output.shape[2]
-    out_w = grad_output.shape[3]
-    taps = kernel_h * kernel_w
-    groups = input.shape[1] // in_per_group
-    in_per_offset_group = input.shape[1] // (offset.shape[1] // (2 * taps))
-    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, k = _split(index, taps)
-        o, c_local = _split(rest, in_per_group)
-        a, b = _split(k, kernel_w)
-        c = o // (out_channels // groups) * in_per_group + c_local
-        gk = c // in_per_offset_group * taps + k
-        acc = T(0)
-        for n in range(batch):
-            for i in range(out_h):
-                for j in range(out_w):
-                    p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
-                    column = (_sample(input, n, c, p_y, p_x, border)
-                              * _modulation(mask, offset, n, gk, i, j))
-                    acc += grad_output[n, o, i, j] * column
-        grad_weight[o, c_local, a, b] = acc
 
 
 @cuda.jit
@@ -516,9 +529,28 @@ def _border(geo) -> bool:
     return geo.boundary == "border"
 
 
+def _per_group(geo, array):
+    """A contiguous (images, channels, ..., H_out, W_out) device array as (images, groups,
+    channels / groups * ..., H_out W_out): the matrix of each group of each image (a view)."""
+    positions = geo.out_h * geo.out_w
+    images = array.shape[0]
+    return array.reshape(images, geo.groups, math.prod(array.shape) // (images * geo.groups
+                                                                          * positions), positions)
+
+
+def _sampled_columns(geo, input, offset, mask):
+    """columns[n, c, k, i, j] = x_c(p_k) dm_k of every image, (N, C_in, K, H_out, W_out)."""
+    columns = cuda.device_array((geo.batch, geo.in_channels, geo.taps, geo.out_h, geo.out_w),
+                                dtype=geo.dtype)
+    _launch(_columns_kernel, math.prod(columns.shape), input, offset, mask, columns,
+            geo.kernel_w, _layer(geo), _border(geo))
+    return columns
+
+
 def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
                   *, boundary="zeros"):
-    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1 when ``mask`` is given) on the GPU.
+    """Deformable convolution (DCNv1 Eq. 2; DCNv2 Eq. 1 when ``mask`` is given) on the GPU: the
+    sampled columns, then out = W columns per group (a tiled matrix product kernel).
 
     Same arguments, checks and result as :func:`refdyn.deform_conv.deform_conv2d`; NumPy arrays
     in give a NumPy array, a Numba device array ``input`` gives a device array.
@@ -529,10 +561,19 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     if geo.batch == 0:
         out = np.zeros(geo.output_shape, dtype=geo.dtype)
         return cuda.to_device(out) if device else out
+    weight = _on_device(weight)
+    columns = _sampled_columns(geo, _on_device(input), _on_device(offset), _on_device(mask))
     out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
-    _launch(_forward_kernel, math.prod(geo.output_shape), _on_device(input), _on_device(offset),
-            _on_device(mask), _on_device(weight), _on_device(bias), out, _layer(geo), _border(geo))
+    _matmul(weight.reshape(1, *_grouped_weight_shape(geo)), _per_group(geo, columns),
+            _per_group(geo, out))
+    if bias is not None:
+        _launch(_add_bias_kernel, math.prod(out.shape), out, _on_device(bias))
     return out if device else out.copy_to_host()
+
+
+def _grouped_weight_shape(geo):
+    """The weight as one matrix per group: (groups, C_out/groups, C_in/groups kh kw)."""
+    return geo.groups, geo.out_per_group, geo.in_per_group * geo.taps
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
@@ -544,7 +585,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     plus ``deterministic``: False scatters grad_input with floating-point atomics (like
     torchvision: the last bits may change from run to run); True gathers it through sorted
     per-pixel lists (integer atomics only: bitwise identical on every run).  Every other
-    gradient is a gather and always deterministic.
+    gradient is a gather or a matrix product and always deterministic.
     """
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
                                    boundary=boundary, all_finite=_all_finite)
@@ -564,9 +605,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     kernel_w = geo.kernel_w
     batch, taps, out_h, out_w = geo.batch, geo.taps, geo.out_h, geo.out_w
     dtype = geo.dtype
+    weights = weight.reshape(1, *_grouped_weight_shape(geo))
+    go = _per_group(geo, grad_output)
 
+    # col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] grad_output[n, o, i, j]
     columns = cuda.device_array((batch, geo.in_channels, taps, out_h, out_w), dtype=dtype)
-    _launch(_column_grad_kernel, math.prod(columns.shape), grad_output, weight, columns)
+    _matmul(weights, go, _per_group(geo, columns), transpose_a=True)
 
     grad_offset = cuda.device_array(offset.shape, dtype=dtype)
     grad_mask = cuda.device_array(mask.shape, dtype=dtype) if mask is not None else None
@@ -574,9 +618,14 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             input, offset, mask, columns, grad_offset, grad_mask, kernel_w, layer,
             coord_grad == "mmcv", border)
 
+    # grad_weight[o, c', k] = sum_n (sum_{i, j} grad_output[n, o, i, j] x_c(p_k) dm_k): a
+    # product per image, then the images summed in order (no atomics)
+    per_image = cuda.device_array((batch, *_grouped_weight_shape(geo)), dtype=dtype)
+    _matmul(go, _per_group(geo, _sampled_columns(geo, input, offset, mask)), per_image,
+            transpose_b=True)
     grad_weight = cuda.device_array(weight.shape, dtype=dtype)
-    _launch(_weight_grad_kernel, math.prod(weight.shape), grad_output, input, offset, mask,
-            grad_weight, layer, border)
+    _launch(_sum_images_kernel, math.prod(weight.shape), per_image,
+            grad_weight.reshape(*_grouped_weight_shape(geo)))
 
     grad_bias = None
     if bias is not None:
