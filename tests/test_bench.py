@@ -129,3 +129,22 @@ def test_offsets_are_moved_off_the_kinks_only_near_them():
     assert np.all(distance >= 1e-3 - 1e-7) and moved.dtype == offset.dtype
     np.testing.assert_array_equal(moved[[3, 6]], offset[[3, 6]])
     assert np.all(np.abs(moved - offset) <= 1e-3 + 1e-7)
+
+
+def test_gpu_rows_run_end_to_end_on_the_numba_simulator(monkeypatch, nb):
+    """The GPU half of the standard case runs through where no GPU is: with the CUDA simulator
+    standing in for a device, the Numba rows are checked against the float64 reference and
+    timed, and their achieved bandwidth is reported (on a GPU this runs on the device)."""
+    from refdyn import gpu
+    devices = max(1, gpu.cuda_device_count())
+    monkeypatch.setattr(gpu, "cuda_device_count", lambda: devices)
+    report = bench.run(bench.build_parser().parse_args(
+        ["--quick", "--repeats", "1", "--case", "standard"]))
+    numba_rows = [row for row in report["standard"]["rows"]
+                  if row["implementation"] == "refdyn numba"]
+    assert [row["pass"] for row in numba_rows] == list(bench.PASSES)
+    for row in numba_rows:
+        assert row["times_s"] and row["check_error"] <= bench.CHECK_TOLERANCE, row
+        assert row["bytes_moved"] > 0
+    lines = bench.format_rows(numba_rows, {"bytes_per_s": 1e12})
+    assert all("of peak" in line for line in lines[1:])
