@@ -21,7 +21,7 @@ Kernels (one thread per element, grid-stride loops, 64-bit indices):
 
 - forward: im2col, as the CUDA C kernels and torchvision do: the sampled columns
   x_c(p_k) dm_k, one thread per (n, c, k, i, j), then out = W columns per group by a matrix
-  product kernel (each thread a strip of rows of one column) and the bias;
+  product kernel (each thread a strip of rows of one column, the bias added at the end);
 - backward (DCNv1 Appendix A, Eq. 7; DCNv2 adds the mask), from the column gradient
   col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] * grad_output[n, o, i, j] (a matrix
   product): grad_offset and grad_mask per (n, g, k, i, j), grad_weight a product per image
@@ -236,11 +236,12 @@ def _matmul_kernel(dtype):
     element = numba.from_dtype(dtype)
 
     @cuda.jit
-    def matmul(total, a, b, out, transpose_a, transpose_b):
-        """out[n, g] = A[n, g] B[n, g] with A = a or its transpose (``transpose_a``: a[n, g] is
-        (inner, rows)) and B likewise (b[n, g] is (cols, inner)); an operand with one image
-        serves every image.  One thread per strip of _ROWS rows of one column, the sum over
-        the inner index in increasing order (the same on every run)."""
+    def matmul(total, a, b, out, transpose_a, transpose_b, bias):
+        """out[n, g] = A[n, g] B[n, g] (+ bias[g rows + r] on row r when ``bias`` is not None)
+        with A = a or its transpose (``transpose_a``: a[n, g] is (inner, rows)) and B likewise
+        (b[n, g] is (cols, inner)); an operand with one image serves every image.  One thread
+        per strip of _ROWS rows of one column, the sum over the inner index in increasing
+        order (the same on every run), the bias added last."""
         sums = cuda.local.array(_ROWS, element)
         groups, rows, cols = out.shape[1], out.shape[2], out.shape[3]
         strips = -(-rows // _ROWS)
@@ -261,15 +262,19 @@ def _matmul_kernel(dtype):
                                     else a[na, g, first + r, e]) * value
             for r in range(_ROWS):
                 if first + r < rows:
+                    if bias is not None:
+                        sums[r] += bias[g * rows + first + r]
                     out[n, g, first + r, col] = sums[r]
 
     return matmul
 
 
-def _matmul(a, b, out, transpose_a=False, transpose_b=False):
-    """out = A B per (image, group) with 4-D device arrays, as :func:`_matmul_kernel` says."""
+def _matmul(a, b, out, transpose_a=False, transpose_b=False, bias=None):
+    """out = A B (+ bias) per (image, group) with 4-D device arrays, as :func:`_matmul_kernel`
+    says."""
     total = out.shape[0] * out.shape[1] * -(-out.shape[2] // _ROWS) * out.shape[3]
-    _launch(_matmul_kernel(np.dtype(out.dtype)), total, a, b, out, transpose_a, transpose_b)
+    _launch(_matmul_kernel(np.dtype(out.dtype)), total, a, b, out, transpose_a, transpose_b,
+            bias)
 
 
 @cuda.jit
@@ -283,17 +288,6 @@ def _sum_images_kernel(total, partial, out):
         for n in range(partial.shape[0]):
             acc += partial[n, g, r, c]
         out[g, r, c] = acc
-
-
-@cuda.jit
-def _add_bias_kernel(total, out, bias):
-    """out[n, o, i, j] += bias[o]."""
-    out_channels, out_h, out_w = out.shape[1], out.shape[2], out.shape[3]
-    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, j = _split(index, out_w)
-        rest, i = _split(rest, out_h)
-        n, o = _split(rest, out_channels)
-        out[n, o, i, j] += bias[o]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,9 +559,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     columns = _sampled_columns(geo, _on_device(input), _on_device(offset), _on_device(mask))
     out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
     _matmul(weight.reshape(1, *_grouped_weight_shape(geo)), _per_group(geo, columns),
-            _per_group(geo, out))
-    if bias is not None:
-        _launch(_add_bias_kernel, math.prod(out.shape), out, _on_device(bias))
+            _per_group(geo, out), bias=_on_device(bias))
     return out if device else out.copy_to_host()
 
 
