@@ -280,7 +280,7 @@ def _matmul(a, b, out, transpose_a=False, transpose_b=False, bias=None):
 @cuda.jit
 def _sum_images_kernel(total, partial, out):
     """out[g, r, c] = sum_n partial[n, g, r, c], n in increasing order."""
-    groups, rows, cols = partial.shape[1], partial.shape[2], partial.shape[3]
+    rows, cols = partial.shape[2], partial.shape[3]
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         rest, c = _split(index, cols)
         g, r = _split(rest, rows)
