@@ -163,7 +163,7 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
 def _grad_input_ordered(xp, launch, geo, chunk_geometry, images, offset, mask, column_grad,
                         grad_input):
     """grad_input of a chunk of images without floating-point atomics (deform_conv.cu explains
-    the four passes); the lists' exclusive prefix sum is an integer cumsum of ``xp``."""
+    the five passes); the lists' exclusive prefix sum is an integer cumsum of ``xp``."""
     lists = images * geo.offset_groups * geo.height * geo.width
     samples = images * geo.offset_groups * geo.taps * geo.out_h * geo.out_w
     sizes = xp.zeros(lists, dtype=np.int64)
@@ -175,5 +175,8 @@ def _grad_input_ordered(xp, launch, geo, chunk_geometry, images, offset, mask, c
     launch(kernel_name("fill_contributions", geo), samples,
            [chunk_geometry, offset, starts, filled, entries])
     launch("deform_conv_sort_contributions", lists, [chunk_geometry, starts, sizes, entries])
+    weights = xp.empty(len(entries), dtype=geo.dtype)
+    launch(kernel_name("weigh_contributions", geo), lists,
+           [chunk_geometry, offset, mask, starts, sizes, entries, weights])
     launch(kernel_name("grad_input_gather", geo), grad_input.size,
-           [chunk_geometry, offset, mask, column_grad, starts, sizes, entries, grad_input])
+           [chunk_geometry, column_grad, starts, sizes, entries, weights, grad_input])

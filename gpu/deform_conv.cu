@@ -354,11 +354,12 @@ __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, co
 // that touch a pixel (the pixel a corner reads, so under the border rule the edge pixel for a
 // corner beyond the edge) form that pixel's list of contributions, identified by
 //     id = (k * H_out * W_out + i * W_out + j) * 4 + corner.
-// Four passes, the lists stored CSR-style (starts = exclusive prefix sum of the sizes):
+// Five passes, the lists stored CSR-style (starts = exclusive prefix sum of the sizes):
 //   count_contributions:  sizes[n, g, pixel] += 1 per contribution    (integer atomics)
 //   fill_contributions:   entries[starts + slot] = id, slots taken with integer atomics
 //   sort_contributions:   each list sorted by id (insertion sort; lists are short)
-//   grad_input_gather:    per (n, c, pixel) the sum of col_grad dm G(q, p) in list order,
+//   weigh_contributions:  weights[e] = G(q, p) dm of each entry, once for all the channels
+//   grad_input_gather:    per (n, c, pixel) the sum of col_grad weights in list order,
 // so every run adds the same terms in the same order.
 
 // Calls visit(list, id) for each contribution of sample (n, g, k, i, j); idx is that sample's
@@ -426,11 +427,31 @@ __device__ void sort_contributions(const Geometry geo, const index_t* starts,
     }
 }
 
-// grad_input[n, c, pixel] = sum over the sorted list of (n, g(c), pixel) of col_grad dm G(q, p).
+// weights[e] = G(q, p) dm of entry e (corner q of sample p) of every list; one thread per
+// (n, g, pixel).
 template <typename scalar_t>
-__device__ void grad_input_gather(const Geometry geo, const scalar_t* offset, const scalar_t* mask,
-                                  const scalar_t* column_grad, const index_t* starts,
-                                  const unsigned long long* sizes, const index_t* entries,
+__device__ void weigh_contributions(const Geometry geo, const scalar_t* offset,
+                                    const scalar_t* mask, const index_t* starts,
+                                    const unsigned long long* sizes, const index_t* entries,
+                                    scalar_t* weights)
+{
+    GRID_STRIDE_LOOP(list, geo.batch * geo.offset_groups * geo.pixels()) {
+        const index_t g = list / geo.pixels() % geo.offset_groups;
+        const index_t n = list / (geo.pixels() * geo.offset_groups);
+        for (index_t e = starts[list]; e < starts[list] + (index_t)sizes[list]; ++e) {
+            const Position pos = split_position(geo, entries[e] / 4);
+            const index_t k = pos.rest;
+            const Neighbours<scalar_t> q(geo, sampling_point(geo, offset, n, g, k, pos));
+            weights[e] = q.weight((int)(entries[e] % 4)) * modulation(geo, mask, n, g, k, pos);
+        }
+    }
+}
+
+// grad_input[n, c, pixel] = sum over the sorted list of (n, g(c), pixel) of col_grad G(q, p) dm.
+template <typename scalar_t>
+__device__ void grad_input_gather(const Geometry geo, const scalar_t* column_grad,
+                                  const index_t* starts, const unsigned long long* sizes,
+                                  const index_t* entries, const scalar_t* weights,
                                   scalar_t* grad_input)
 {
     GRID_STRIDE_LOOP(idx, geo.batch * geo.in_channels * geo.pixels()) {
@@ -438,16 +459,12 @@ __device__ void grad_input_gather(const Geometry geo, const scalar_t* offset, co
         const index_t n = idx / (geo.pixels() * geo.in_channels);
         const index_t g = c / geo.in_per_offset_group();
         const index_t list = (n * geo.offset_groups + g) * geo.pixels() + pixel;
+        const scalar_t* channel_grad = column_grad + (n * geo.in_channels + c) * geo.taps()
+                                                     * geo.positions();
         scalar_t sum = 0;
+        // entries[e] / 4 = k H_out W_out + i W_out + j, the sample's place in its channel's rows
         for (index_t e = starts[list]; e < starts[list] + (index_t)sizes[list]; ++e) {
-            const index_t id = entries[e];
-            const int corner = (int)(id % 4);
-            const Position pos = split_position(geo, id / 4);
-            const index_t k = pos.rest;
-            const Neighbours<scalar_t> q(geo, sampling_point(geo, offset, n, g, k, pos));
-            const scalar_t grad_sample = column_grad[column_index(geo, n, c, k, pos)]
-                                         * modulation(geo, mask, n, g, k, pos);
-            sum += grad_sample * q.weight(corner);
+            sum += channel_grad[entries[e] / 4] * weights[e];
         }
         grad_input[idx] = sum;
     }
@@ -495,12 +512,18 @@ extern "C" __global__ void deform_conv_sort_contributions(const Geometry* geo,
     {                                                                                             \
         fill_contributions(*geo, offset, starts, filled, entries);                                \
     }                                                                                             \
-    extern "C" __global__ void deform_conv_grad_input_gather_##suffix(                            \
-        const Geometry* geo, const scalar_t* offset, const scalar_t* mask,                        \
-        const scalar_t* column_grad, const index_t* starts, const unsigned long long* sizes,      \
-        const index_t* entries, scalar_t* grad_input)                                             \
+    extern "C" __global__ void deform_conv_weigh_contributions_##suffix(                          \
+        const Geometry* geo, const scalar_t* offset, const scalar_t* mask, const index_t* starts,  \
+        const unsigned long long* sizes, const index_t* entries, scalar_t* weights)               \
     {                                                                                             \
-        grad_input_gather(*geo, offset, mask, column_grad, starts, sizes, entries, grad_input);   \
+        weigh_contributions(*geo, offset, mask, starts, sizes, entries, weights);                 \
+    }                                                                                             \
+    extern "C" __global__ void deform_conv_grad_input_gather_##suffix(                            \
+        const Geometry* geo, const scalar_t* column_grad, const index_t* starts,                  \
+        const unsigned long long* sizes, const index_t* entries, const scalar_t* weights,         \
+        scalar_t* grad_input)                                                                     \
+    {                                                                                             \
+        grad_input_gather(*geo, column_grad, starts, sizes, entries, weights, grad_input);        \
     }
 
 DEFORM_CONV_KERNELS(f32, float)

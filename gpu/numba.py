@@ -468,27 +468,16 @@ def _sort_contributions_kernel(total, starts, entries):
 
 
 @cuda.jit
-def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entries, grad_input,
-                              kernel_w, layer, border):
-    """grad_input[n, c, y, x] = sum over the sorted list of (n, g(c), pixel) of col * dm * G(q, p),
-    in increasing contribution id: no floating-point atomics, the same bits on every run."""
-    T = input.dtype.type
-    in_channels = input.shape[1]
-    height = input.shape[2]
-    width = input.shape[3]
-    taps = columns.shape[2]
-    out_h = columns.shape[3]
-    out_w = columns.shape[4]
-    offset_groups = offset.shape[1] // (2 * taps)
-    in_per_offset_group = in_channels // offset_groups
+def _weigh_contributions_kernel(total, input, offset, mask, starts, entries, weights, kernel_w,
+                                layer, border, sizes):
+    """weights[row, e] = G(q, p) * dm of each listed term (corner q of sample p), once for all
+    the channels of the row's offset group; one thread per (row, pixel).  sizes = (G, K,
+    H_out, W_out)."""
+    offset_groups, taps, out_h, out_w = sizes
+    pixels = starts.shape[1] - 1
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, x = _split(index, width)
-        rest, y = _split(rest, height)
-        n, c = _split(rest, in_channels)
-        g = c // in_per_offset_group
-        row = n * offset_groups + g
-        pixel = y * width + x
-        acc = T(0)
+        row, pixel = _split(index, pixels)
+        n, g = _split(row, offset_groups)
         for e in range(starts[row, pixel], starts[row, pixel + 1]):
             rest, corner = _split(entries[row, e], 4)
             rest, j = _split(rest, out_w)
@@ -497,7 +486,30 @@ def _input_grad_gather_kernel(total, input, offset, mask, columns, starts, entri
             gk = g * taps + k
             p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
             _, _, weight = _corner(input, p_y, p_x, corner, border)
-            acc += columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j) * weight
+            weights[row, e] = weight * _modulation(mask, offset, n, gk, i, j)
+
+
+@cuda.jit
+def _input_grad_gather_kernel(total, columns, starts, entries, weights, grad_input):
+    """grad_input[n, c, y, x] = sum over the sorted list of (n, g(c), pixel) of col * G(q, p) dm,
+    in increasing contribution id: no floating-point atomics, the same bits on every run."""
+    T = grad_input.dtype.type
+    in_channels, height, width = grad_input.shape[1], grad_input.shape[2], grad_input.shape[3]
+    out_h, out_w = columns.shape[3], columns.shape[4]
+    offset_groups = starts.shape[0] // grad_input.shape[0]
+    in_per_offset_group = in_channels // offset_groups
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, x = _split(index, width)
+        rest, y = _split(rest, height)
+        n, c = _split(rest, in_channels)
+        row = n * offset_groups + c // in_per_offset_group
+        pixel = y * width + x
+        acc = T(0)
+        for e in range(starts[row, pixel], starts[row, pixel + 1]):
+            rest = entries[row, e] // 4
+            rest, j = _split(rest, out_w)
+            k, i = _split(rest, out_h)
+            acc += columns[n, c, k, i, j] * weights[row, e]
         grad_input[n, c, y, x] = acc
 
 
@@ -636,6 +648,11 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
                                             grad_mask=grad_mask))
 
 
+def _contribution_sizes(geo) -> tuple[int, int, int, int]:
+    """(G, K, H_out, W_out): the sizes a contribution id and its row are split with."""
+    return geo.offset_groups, geo.taps, geo.out_h, geo.out_w
+
+
 def _contribution_lists(geo, input, offset):
     """For each row (n, g) and input pixel, the ids of the terms of the scatter that land there,
     in increasing order: (starts (rows, H W + 1), entries (rows, K H_out W_out 4)), CSR style
@@ -644,7 +661,7 @@ def _contribution_lists(geo, input, offset):
     rows = geo.batch * geo.offset_groups
     pixels = geo.height * geo.width
     per_row = geo.taps * geo.out_h * geo.out_w * 4
-    sizes = (geo.offset_groups, geo.taps, geo.out_h, geo.out_w)
+    sizes = _contribution_sizes(geo)
     counts = _zeros((rows, pixels), np.int64)
     _launch(_count_contributions_kernel, rows * per_row, input, offset, counts, geo.kernel_w,
             layer, border, sizes)
@@ -662,11 +679,16 @@ def _contribution_lists(geo, input, offset):
 
 def _input_grad_deterministic(geo, input, offset, mask, columns):
     """grad_input without floating-point atomics: the sorted lists of terms per (n, g, pixel),
-    then one gather per (n, c, pixel) that sums its list in order."""
+    each term's weight G(q, p) dm, then one gather per (n, c, pixel) that sums its list in
+    order."""
     starts, entries = _contribution_lists(geo, input, offset)
+    weights = cuda.device_array(entries.shape, dtype=geo.dtype)
+    _launch(_weigh_contributions_kernel, entries.shape[0] * (starts.shape[1] - 1), input, offset,
+            mask, starts, entries, weights, geo.kernel_w, _layer(geo), _border(geo),
+            _contribution_sizes(geo))
     grad_input = cuda.device_array(input.shape, dtype=geo.dtype)
-    _launch(_input_grad_gather_kernel, math.prod(input.shape), input, offset, mask, columns,
-            starts, entries, grad_input, geo.kernel_w, _layer(geo), _border(geo))
+    _launch(_input_grad_gather_kernel, math.prod(input.shape), columns, starts, entries, weights,
+            grad_input)
     return grad_input
 
 

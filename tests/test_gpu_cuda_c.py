@@ -290,7 +290,7 @@ def test_kernel_source_compiles_without_warnings_on_the_host(tmp_path, source):
 EXPECTED_KERNELS = {
     "deform_conv.cu": {f"deform_conv_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
         "columns", "grad_offset_mask", "grad_input_atomic", "count_contributions",
-        "fill_contributions", "grad_input_gather")
+        "fill_contributions", "weigh_contributions", "grad_input_gather")
     } | {"deform_conv_sort_contributions"},
     "ddf.cu": {f"ddf_{name}_{suffix}" for suffix in ("f32", "f64") for name in (
         "forward", "grad_features", "grad_spatial_filter", "grad_channel_filter")},
