@@ -245,31 +245,47 @@ __device__ scalar_t bilinear_sample(const Geometry& geo, const scalar_t* image, 
     return value;
 }
 
-// (d x(p)/d p_y, d x(p)/d p_x) (DCNv1 Appendix A, Eq. 7), the right derivative where a coordinate
-// is an integer (floor):
-//     d x(p)/d p_y = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
-//     d x(p)/d p_x = (1 - ly)(x[y0, x0+1] - x[y0, x0]) + ly (x[y0+1, x0+1] - x[y0+1, x0])
-// Border rule: the formula at the clamped point times the clamp's right derivative (clamp_slope),
-// so 0 along an axis where p lies outside [0, H-1) (or [0, W-1)).  Zeros rule:
-// COORD_GRAD_TORCHVISION applies the formula with no early exit (so at p_y = -1 it reads row 0);
-// COORD_GRAD_MMCV returns 0 outside the sampling region (also the official DCNv2 code).
+// The factor of each axis of d x(p)/d p (DCNv1 Appendix A, Eq. 7) under the call's rules, the
+// right derivative where a coordinate is an integer.  Border rule: the clamp's right
+// derivative (clamp_slope), so 0 along an axis where p lies outside [0, H-1) (or [0, W-1)).
+// Zeros rule: 1, except 0 for COORD_GRAD_MMCV outside the sampling region (also the official
+// DCNv2 code) and 0 where no neighbour of p is in the image (COORD_GRAD_TORCHVISION applies
+// the formula with no early exit, so at p_y = -1 it reads row 0).  Where both factors are 0
+// the point is never floor()ed, so far (or huge) coordinates are safe.
 template <typename scalar_t>
-__device__ Point<scalar_t> bilinear_coord_grad(const Geometry& geo, const scalar_t* image,
-                                               Point<scalar_t> p, index_t rule)
+__device__ Point<scalar_t> coord_grad_slope(const Geometry& geo, Point<scalar_t> p, index_t rule)
 {
-    Point<scalar_t> slope = {scalar_t(1), scalar_t(1)};
     if (geo.boundary == BOUNDARY_BORDER) {
-        slope = {clamp_slope(p.y, geo.height), clamp_slope(p.x, geo.width)};
-    } else if ((rule == COORD_GRAD_MMCV && !in_sampling_region(p, geo.height, geo.width))
-               || !near_image(p, geo.height, geo.width)) {
+        return {clamp_slope(p.y, geo.height), clamp_slope(p.x, geo.width)};
+    }
+    if ((rule == COORD_GRAD_MMCV && !in_sampling_region(p, geo.height, geo.width))
+        || !near_image(p, geo.height, geo.width)) {
         return {scalar_t(0), scalar_t(0)};
     }
-    const Neighbours<scalar_t> q(geo, p);
-    const scalar_t v00 = q.read(image, 0), v01 = q.read(image, 1);
-    const scalar_t v10 = q.read(image, 2), v11 = q.read(image, 3);
-    return {slope.y * ((scalar_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01)),
-            slope.x * ((scalar_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10))};
+    return {scalar_t(1), scalar_t(1)};
 }
+
+// x(p) and (d x(p)/d p_y, d x(p)/d p_x) from the four corners v00, v01, v10, v11 of p (corner
+// order of Neighbours) read once:
+//     x(p)         = sum_q G(q, p) x(q)                                              (Eq. 3)
+//     d x(p)/d p_y = (1 - lx)(x[y0+1, x0] - x[y0, x0]) + lx (x[y0+1, x0+1] - x[y0, x0+1])
+//     d x(p)/d p_x = (1 - ly)(x[y0, x0+1] - x[y0, x0]) + ly (x[y0+1, x0+1] - x[y0+1, x0])
+// each derivative times its factor in ``slope`` (coord_grad_slope).
+template <typename scalar_t>
+struct SampleAndSlope {
+    scalar_t value;
+    Point<scalar_t> grad;
+
+    __device__ SampleAndSlope(const Neighbours<scalar_t>& q, const scalar_t* image,
+                              Point<scalar_t> slope)
+    {
+        const scalar_t v00 = q.read(image, 0), v01 = q.read(image, 1);
+        const scalar_t v10 = q.read(image, 2), v11 = q.read(image, 3);
+        value = q.weight(0) * v00 + q.weight(1) * v01 + q.weight(2) * v10 + q.weight(3) * v11;
+        grad = {slope.y * ((scalar_t(1) - q.lx) * (v10 - v00) + q.lx * (v11 - v01)),
+                slope.x * ((scalar_t(1) - q.ly) * (v01 - v00) + q.ly * (v11 - v10))};
+    }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Sampled columns, the forward's part that is not a matrix product (DCNv1 Eq. 2, DCNv2 Eq. 1)
@@ -307,16 +323,21 @@ __device__ void grad_offset_mask(const Geometry geo, const scalar_t* input, cons
         const index_t n = pos.rest / (taps * geo.offset_groups);
         const Point<scalar_t> p = sampling_point(geo, offset, n, g, k, pos);
         const scalar_t m = modulation(geo, mask, n, g, k, pos);
+        // The neighbours of p serve every channel.  Where the sample reads nothing and the
+        // slope is 0 both gradients are 0; elsewhere x(p) needs no test of its own (outside the
+        // sampling region every corner is outside the image or weighs 0).
+        const Point<scalar_t> slope = coord_grad_slope(geo, p, rule);
         Point<scalar_t> grad_p = {scalar_t(0), scalar_t(0)};
         scalar_t grad_m = 0;
-        for (index_t c = g * per_offset_group; c < (g + 1) * per_offset_group; ++c) {
-            const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
-            const scalar_t col = column_grad[column_index(geo, n, c, k, pos)];
-            const Point<scalar_t> dx_dp = bilinear_coord_grad(geo, image, p, rule);
-            grad_p.y += col * m * dx_dp.y;
-            grad_p.x += col * m * dx_dp.x;
-            if (grad_mask != nullptr) {
-                grad_m += col * bilinear_sample(geo, image, p);
+        if (sample_reads_image(geo, p) || slope.y != scalar_t(0) || slope.x != scalar_t(0)) {
+            const Neighbours<scalar_t> q(geo, p);
+            for (index_t c = g * per_offset_group; c < (g + 1) * per_offset_group; ++c) {
+                const scalar_t* image = input + (n * geo.in_channels + c) * geo.pixels();
+                const scalar_t col = column_grad[column_index(geo, n, c, k, pos)];
+                const SampleAndSlope<scalar_t> x(q, image, slope);
+                grad_p.y += col * m * x.grad.y;
+                grad_p.x += col * m * x.grad.x;
+                if (grad_mask != nullptr) grad_m += col * x.value;
             }
         }
         const index_t dy_at = offset_index(geo, n, g, k, pos);
