@@ -32,8 +32,9 @@ Kernels (one thread per element, grid-stride loops, 64-bit indices):
   bitwise identical results on every run).
 
 Every kernel samples through :func:`_corner` (the neighbours and weights G(q, p) of DCNv1
-Eq. 3-4) and differentiates through :func:`_coord_grad` (Eq. 7), both under the call's boundary
-rule (``zeros``, or ``border`` when the kernel's ``border`` flag is set) and, for ``zeros``, the
+Eq. 3-4) and differentiates through :func:`_point_neighbours` and :func:`_sample_and_coord_grad`
+(Eq. 7; a point's neighbours found once for all its channels), under the call's boundary rule
+(``zeros``, or ``border`` when the kernel's ``border`` flag is set) and, for ``zeros``, the
 ``torchvision`` or ``mmcv`` edge rule of the coordinate gradient (REFERENCE.md sections 1-2).
 
 :func:`active_conv2d` and :func:`active_conv2d_backward` compute Active Convolution from this
@@ -159,13 +160,18 @@ def _pixel(image, n, c, y, x):
 
 
 @cuda.jit(device=True)
-def _coord_grad(image, n, c, p_y, p_x, mmcv, border):
-    """(d x(p)/d p_y, d x(p)/d p_x) in image[n, c] (DCNv1 Appendix A, Eq. 7), right derivatives
-    at integer coordinates (floor).  ``border``: the formula at the clamped point (neighbours
-    beyond the edge read the edge pixel) times the clamp's right derivative, 1 for
-    0 <= p_y < H - 1 and 0 elsewhere (likewise p_x).  Zeros rule: ``mmcv`` gives 0 wherever the
-    sample is 0 (p_y <= -1, p_y >= H, p_x <= -1, p_x >= W); otherwise (torchvision) the formula
-    has no early exit, so at p_y = -1 it reads row 0."""
+def _point_neighbours(image, p_y, p_x, mmcv, border):
+    """What x(p) (DCNv1 Eq. 3) and d x(p)/d p (Appendix A, Eq. 7) need of the point p, the same
+    for every channel: (active, y0, x0, y1, x1, l_y, l_x, slope_y, slope_x), the rows and
+    columns of the four neighbours, p - floor(p), and the factor of each derivative.
+
+    ``border``: p is clamped first (neighbours beyond the edge read the edge pixel) and the
+    factor is the clamp's right derivative, 1 for 0 <= p_y < H - 1 and 0 elsewhere (likewise
+    p_x).  Zeros rule: factor 1, except that ``mmcv`` gives 0 wherever the sample is 0
+    (p_y <= -1, p_y >= H, p_x <= -1, p_x >= W; torchvision has no early exit, so at p_y = -1
+    its formula reads row 0).  ``active`` is False where both x(p) and its derivatives are 0
+    (mmcv outside, or every neighbour outside the image), and floor() is then never reached.
+    """
     T = image.dtype.type
     zero = T(0)
     height = image.shape[2]
@@ -176,12 +182,9 @@ def _coord_grad(image, n, c, p_y, p_x, mmcv, border):
         slope_y = T(1) if T(0) <= p_y < T(height - 1) else zero
         slope_x = T(1) if T(0) <= p_x < T(width - 1) else zero
         p_y, p_x = _clamp(image, p_y, p_x)
-    elif mmcv and (p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width)):
-        return zero, zero
-    # Zeros rule: all four neighbours are outside there, so 0 under both edge rules, and
-    # floor() stays in range.
-    elif p_y <= T(-2) or p_y >= T(height + 1) or p_x <= T(-2) or p_x >= T(width + 1):
-        return zero, zero
+    elif ((mmcv and (p_y <= T(-1) or p_y >= T(height) or p_x <= T(-1) or p_x >= T(width)))
+          or p_y <= T(-2) or p_y >= T(height + 1) or p_x <= T(-2) or p_x >= T(width + 1)):
+        return False, 0, 0, 0, 0, zero, zero, zero, zero
     y0 = int(math.floor(p_y))
     x0 = int(math.floor(p_x))
     y1 = y0 + 1
@@ -189,15 +192,29 @@ def _coord_grad(image, n, c, p_y, p_x, mmcv, border):
     if border:
         y1 = min(y1, height - 1)
         x1 = min(x1, width - 1)
-    l_y = p_y - T(y0)
-    l_x = p_x - T(x0)
+    return True, y0, x0, y1, x1, p_y - T(y0), p_x - T(x0), slope_y, slope_x
+
+
+@cuda.jit(device=True)
+def _sample_and_coord_grad(image, n, c, neighbours):
+    """(x(p), d x(p)/d p_y, d x(p)/d p_x) in image[n, c] from the four neighbours read once
+    (``neighbours`` from :func:`_point_neighbours`); right derivatives at integer coordinates:
+        d x(p)/d p_y = (1 - l_x)(v10 - v00) + l_x (v11 - v01)
+        d x(p)/d p_x = (1 - l_y)(v01 - v00) + l_y (v11 - v10)
+    each times its factor.  Outside the sampling region every neighbour is outside the image or
+    weighs 0, so x(p) needs no test of its own."""
+    active, y0, x0, y1, x1, l_y, l_x, slope_y, slope_x = neighbours
+    T = image.dtype.type
+    if not active:
+        return T(0), T(0), T(0)
     h_y = T(1) - l_y
     h_x = T(1) - l_x
     v00 = _pixel(image, n, c, y0, x0)
     v01 = _pixel(image, n, c, y0, x1)
     v10 = _pixel(image, n, c, y1, x0)
     v11 = _pixel(image, n, c, y1, x1)
-    return (slope_y * (h_x * (v10 - v00) + l_x * (v11 - v01)),
+    value = h_y * h_x * v00 + h_y * l_x * v01 + l_y * h_x * v10 + l_y * l_x * v11
+    return (value, slope_y * (h_x * (v10 - v00) + l_x * (v11 - v01)),
             slope_x * (h_y * (v01 - v00) + l_y * (v11 - v10)))
 
 
@@ -315,16 +332,17 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
         gk = g * taps + k
         p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
         m = _modulation(mask, offset, n, gk, i, j)
+        neighbours = _point_neighbours(input, p_y, p_x, mmcv, border)   # once for the channels
         grad_y = T(0)
         grad_x = T(0)
         grad_m = T(0)
         for c in range(g * in_per_offset_group, (g + 1) * in_per_offset_group):
             column = columns[n, c, k, i, j]
-            d_y, d_x = _coord_grad(input, n, c, p_y, p_x, mmcv, border)
+            value, d_y, d_x = _sample_and_coord_grad(input, n, c, neighbours)
             grad_y += column * m * d_y
             grad_x += column * m * d_x
             if grad_mask is not None:
-                grad_m += column * _sample(input, n, c, p_y, p_x, border)
+                grad_m += column * value
         grad_offset[n, 2 * gk, i, j] = grad_y
         grad_offset[n, 2 * gk + 1, i, j] = grad_x
         if grad_mask is not None:
