@@ -16,6 +16,10 @@ C-contiguous and in ``xp``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 
 from refdyn.deform_conv_args import DeformConvGeometry, DeformConvGrads
@@ -39,6 +43,54 @@ KERNEL_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 #: the file from the kernel's name with :func:`source_of`.
 KERNEL_SOURCES = {"deform_conv": "deform_conv.cu", "ddf": "ddf.cu", "roi": "roi_pool.cu",
                   "lsdfn": "lsdfn.cu", "dfn": "lsdfn.cu", "mimic": "mimic_loss.cu"}
+
+
+@dataclass(frozen=True)
+class KernelTime:
+    """One kernel launch: its exported name, the bytes of its array arguments (what it reads
+    or writes at least once: the compulsory traffic of the launch) and its time on the clock
+    of the backend (CUDA events on a GPU)."""
+
+    name: str
+    bytes: int
+    seconds: float
+
+
+class KernelLog:
+    """The launches of one backend, timed while :meth:`timing` is active.
+
+    ``mark()`` returns a point on the backend's clock (after everything launched before it)
+    and ``elapsed(start, end)`` the seconds between two marks, waiting for ``end`` if need be.
+    The launcher calls :meth:`run` with each launch.
+    """
+
+    def __init__(self, mark: Callable[[], object], elapsed: Callable[[object, object], float]):
+        self.mark, self.elapsed = mark, elapsed
+        self.pending = None
+
+    def run(self, name: str, args, launch_kernel: Callable[[], None]) -> None:
+        """Run ``launch_kernel()`` (the launch of kernel ``name`` with ``args``), timed when a
+        :meth:`timing` block is active."""
+        if self.pending is None:
+            launch_kernel()
+            return
+        start = self.mark()
+        launch_kernel()
+        self.pending.append((name, sum(arg.nbytes for arg in args if hasattr(arg, "nbytes")),
+                             start, self.mark()))
+
+    @contextmanager
+    def timing(self):
+        """``with log.timing() as times``: ``times`` receives a :class:`KernelTime` per launch
+        made inside the block, in launch order, when the block ends."""
+        times: list[KernelTime] = []
+        self.pending, pending = [], self.pending
+        try:
+            yield times
+        finally:
+            launches, self.pending = self.pending, pending
+            times.extend(KernelTime(name, nbytes, self.elapsed(start, end))
+                         for name, nbytes, start, end in launches)
 
 
 def source_of(kernel: str) -> str:

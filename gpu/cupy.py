@@ -55,8 +55,26 @@ def launch(name: str, total_threads: int, args) -> None:
     MAX_BLOCKS blocks); ints are passed as long long, None as a null pointer."""
     blocks = max(1, min(-(-total_threads // THREADS_PER_BLOCK), MAX_BLOCKS))
     arguments = tuple(np.int64(value) if isinstance(value, int) else value for value in args)
-    _module(_cuda_c.source_of(name)).get_function(name)((blocks,), (THREADS_PER_BLOCK,),
-                                                        arguments)
+    kernel = _module(_cuda_c.source_of(name)).get_function(name)
+    KERNEL_LOG.run(name, args, lambda: kernel((blocks,), (THREADS_PER_BLOCK,), arguments))
+
+
+def _event():
+    """A CUDA event recorded now on the current stream."""
+    event = cupy.cuda.Event()
+    event.record()
+    return event
+
+
+def _event_seconds(start, end) -> float:
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
+
+
+#: The launches of this backend, timed with CUDA events inside ``kernel_times()``: each
+#: kernel's device time, without the matrix products (cuBLAS) between them.
+KERNEL_LOG = _cuda_c.KernelLog(mark=_event, elapsed=_event_seconds)
+kernel_times = KERNEL_LOG.timing
 
 
 def _all_finite(array) -> bool:

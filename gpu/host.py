@@ -23,6 +23,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -151,10 +152,19 @@ def launch(name: str, total_threads: int, args) -> None:
     kernel = getattr(library, name)
     kernel.restype = None
     arguments = [_argument(value) for value in args]
-    for block in range(GRID_BLOCKS):
-        for thread in range(BLOCK_THREADS):
-            library.refdyn_host_set_thread(block, thread, GRID_BLOCKS, BLOCK_THREADS)
-            kernel(*arguments)
+
+    def launch_kernel():
+        for block in range(GRID_BLOCKS):
+            for thread in range(BLOCK_THREADS):
+                library.refdyn_host_set_thread(block, thread, GRID_BLOCKS, BLOCK_THREADS)
+                kernel(*arguments)
+
+    KERNEL_LOG.run(name, args, launch_kernel)
+
+
+#: The launches of this backend, timed on the CPU clock inside ``kernel_times()``.
+KERNEL_LOG = _cuda_c.KernelLog(mark=time.perf_counter, elapsed=lambda start, end: end - start)
+kernel_times = KERNEL_LOG.timing
 
 
 @contextmanager

@@ -30,6 +30,7 @@ iteration) is an emulation taking seconds per call and is not timed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -334,6 +335,30 @@ def deform_conv_rows(bench: Bench, repeats: int, gpu: bool, threads: int) -> lis
     return rows
 
 
+def kernel_rows(peer: PeerPasses, kernel_times, passes=("forward", "backward")) -> list[dict]:
+    """Device time and argument bytes of each CUDA C kernel in one call of each pass, summed
+    per kernel name; ``kernel_times`` is the backend's context manager
+    (:data:`refdyn.gpu.cupy.kernel_times`).  The call runs once untimed first (compilation),
+    then once with every launch timed."""
+    found = []
+    for pass_name in passes:
+        call = peer.calls[pass_name]()
+        call()
+        peer.synchronize()
+        with kernel_times() as times:
+            call()
+            peer.synchronize()
+        totals: dict[str, dict] = {}
+        for launch in times:
+            total = totals.setdefault(launch.name, {"pass": pass_name, "kernel": launch.name,
+                                                    "launches": 0, "seconds": 0.0, "bytes": 0})
+            total["launches"] += 1
+            total["seconds"] += launch.seconds
+            total["bytes"] += launch.bytes
+        found += totals.values()
+    return found
+
+
 def memory_rows(bench: Bench) -> list[dict]:
     """Peak extra memory (tracemalloc) of the NumPy forward and backward against the bound."""
     forward, backward = OPERATORS["deform_conv2d"].implementation("vectorized").load()
@@ -385,8 +410,12 @@ def describe(config) -> dict:
 def run_standard(repeats: int, quick: bool, threads: int) -> dict:
     bench = Bench("deform_conv2d", standard_config(quick))
     rows = deform_conv_rows(bench, repeats, gpu=True, threads=threads)
+    cupy_peer = refdyn_peer(bench, "cupy", ("forward", "backward"))
+    kernels = [] if isinstance(cupy_peer, str) else kernel_rows(
+        cupy_peer, importlib.import_module("refdyn.gpu.cupy").kernel_times)
     return {"config": describe(bench.config), "rows": [row.as_dict() for row in rows],
-            "ratios": ratios(rows, RATIO_PAIRS), "memory": memory_rows(bench)}
+            "ratios": ratios(rows, RATIO_PAIRS), "memory": memory_rows(bench),
+            "cupy_kernels": kernels}
 
 
 def run_scaling(repeats: int, quick: bool, threads: int) -> dict:
@@ -549,6 +578,17 @@ def format_ratios(found: list[dict]) -> list[str]:
             for r in found]
 
 
+def format_kernels(rows: list[dict], bandwidth: Optional[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        rate = row["bytes"] / row["seconds"] if row["seconds"] > 0 else float("inf")
+        peak = f" = {rate / bandwidth['bytes_per_s']:.0%} of peak" if bandwidth else ""
+        lines.append(f"  {row['pass']:8s} {row['kernel']:38s} x{row['launches']:<3d} "
+                     f"{1e3 * row['seconds']:9.3f} ms {row['bytes'] / 1e6:9.2f} MB "
+                     f"{rate / 1e9:7.0f} GB/s{peak}")
+    return lines
+
+
 def format_memory(rows: list[dict]) -> list[str]:
     return [f"  {row['pass']:8s} extra {row['extra_bytes'] / 2**20:7.1f} MiB (results "
             f"{row['result_bytes'] / 2**20:.1f} MiB), bound {row['bound_bytes'] / 2**20:.1f} MiB: "
@@ -572,6 +612,11 @@ def format_report(report: dict) -> str:
         lines += ["ratios (refdyn time / peer time, medians):"] + format_ratios(section["ratios"])
         lines += ["NumPy peak extra memory (tracemalloc) against the documented bound:"]
         lines += format_memory(section["memory"])
+        if section["cupy_kernels"]:
+            lines += ["refdyn cupy, each CUDA C kernel of one call (CUDA events; bytes = its "
+                      "array arguments, each read or written once; the cuBLAS matrix products "
+                      "between the kernels are not listed):"]
+            lines += format_kernels(section["cupy_kernels"], bandwidth)
     if "scaling" in report:
         lines += ["", "scaling series (the standard layer at other sizes):"]
         for point in report["scaling"]["points"]:

@@ -148,3 +148,25 @@ def test_gpu_rows_run_end_to_end_on_the_numba_simulator(monkeypatch, nb):
         assert row["bytes_moved"] > 0
     lines = bench.format_rows(numba_rows, {"bytes_per_s": 1e12})
     assert all("of peak" in line for line in lines[1:])
+
+
+def test_kernel_rows_time_every_cuda_c_kernel_of_a_call(monkeypatch):
+    """The per-kernel table (CUDA events on a GPU) through the host backend's CPU clock: every
+    kernel of a forward and a backward, its launches, time and argument bytes."""
+    from refdyn.gpu import host
+    monkeypatch.setattr(bench, "gpu_problem", lambda backend: None)
+    case = bench.Bench("deform_conv2d", bench.standard_config(quick=True))
+    peer = bench.refdyn_peer(case, "host", ("forward", "backward"))
+    rows = bench.kernel_rows(peer, host.kernel_times)
+    kernels = {(row["pass"], row["kernel"]): row for row in rows}
+    assert set(kernels) == {("forward", "deform_conv_columns_f32"),
+                            ("backward", "deform_conv_columns_f32"),
+                            ("backward", "deform_conv_grad_offset_mask_f32"),
+                            ("backward", "deform_conv_grad_input_atomic_f32")}
+    arrays = case.case.arrays
+    columns_bytes = (arrays["input"].nbytes + arrays["offset"].nbytes + arrays["mask"].nbytes
+                     + arrays["input"].nbytes * 9 + 18 * 8)      # the columns: C_in K H W float32
+    assert kernels["forward", "deform_conv_columns_f32"]["bytes"] == columns_bytes
+    assert all(row["launches"] == 1 and row["seconds"] > 0 for row in rows)
+    lines = bench.format_kernels(rows, {"bytes_per_s": 1e12})
+    assert len(lines) == 4 and all("GB/s" in line and "of peak" in line for line in lines)

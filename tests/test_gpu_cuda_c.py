@@ -546,3 +546,33 @@ def test_cupy_ddf_empty_batch_and_bad_arguments_on_device():
     for arguments in ddf_bad_arguments().values():
         assert not error_mismatches(cupy_backend.ddf, cupy_backend.ddf_backward, arguments,
                                     cupy.asarray)
+
+
+def test_kernel_times_records_each_launch_inside_the_block_only():
+    case = make_case(CONFIGS["dcnv2 float32"])
+    host.deform_conv2d(**case.forward_kwargs())
+    with host.kernel_times() as times:
+        host.deform_conv2d(**case.forward_kwargs())
+        with host.kernel_times() as inner:
+            host.deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
+                                        deterministic=True)
+    assert [t.name for t in times] == ["deform_conv_columns_f32"]   # the inner block's are apart
+    assert [t.name for t in inner] == [f"deform_conv_{name}_f32" for name in (
+        "grad_offset_mask", "count_contributions", "fill_contributions")] + [
+        "deform_conv_sort_contributions"] + [f"deform_conv_{name}_f32" for name in (
+            "weigh_contributions", "grad_input_gather", "columns")]
+    assert all(t.seconds > 0 and t.bytes > 0 for t in times + inner)
+    host.deform_conv2d(**case.forward_kwargs())
+    assert len(times) == 1 and host.KERNEL_LOG.pending is None
+
+
+@needs_cupy
+def test_cupy_kernel_times_are_device_times_of_each_launch():
+    from refdyn.gpu import cupy as cupy_backend
+    case = make_case(CONFIGS["dcnv2 float32"])
+    cupy_backend.deform_conv2d(**case.forward_kwargs())
+    with cupy_backend.kernel_times() as times:
+        cupy_backend.deform_conv2d_backward(case.grad_output, **case.backward_kwargs())
+    assert [t.name for t in times] == [f"deform_conv_{name}_f32" for name in (
+        "grad_offset_mask", "grad_input_atomic", "columns")]
+    assert all(t.seconds > 0 and t.bytes > 0 for t in times)
