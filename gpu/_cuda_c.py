@@ -8,7 +8,9 @@ the same source on the CPU with NumPy arrays.  Both call :func:`forward` and :fu
 here with their array module ``xp`` and a ``launch(kernel_name, total_threads, args)``
 callable that runs one kernel over at least one thread per element (any grid: the kernels use
 grid-stride loops).  ``args`` holds arrays of ``xp`` (C-contiguous), ``None`` for a null
-pointer, and Python ints for ``long long`` parameters.
+pointer, and Python ints for ``long long`` parameters.  The matrix products of im2col are
+``xp.matmul`` (cuBLAS through CuPy; NumPy's BLAS on the host).  Each backend's launcher runs
+through a :class:`KernelLog`, which times every kernel inside ``kernel_times()``.
 
 Arrays reach this module validated (:func:`refdyn.deform_conv_args.check_deform_conv2d_args`),
 C-contiguous and in ``xp``.
@@ -183,11 +185,11 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
     (the columns sampled again); the kernels give grad_offset and grad_mask from col_grad, and
     grad_input, the adjoint of sampling, by atomicAdd or (``deterministic``) an ordered gather.
     """
+    weights = weight_matrices(geo, weight)
     grad_input = xp.zeros(input.shape, dtype=geo.dtype)
     grad_offset = xp.zeros(offset.shape, dtype=geo.dtype)
-    grad_weight = xp.zeros(weight_matrices(geo, weight).shape, dtype=geo.dtype)
+    grad_weight = xp.zeros(weights.shape, dtype=geo.dtype)
     grad_mask = xp.zeros(mask.shape, dtype=geo.dtype) if mask is not None else None
-    weights = weight_matrices(geo, weight)
     rule = COORD_GRAD_RULES[coord_grad]
     for images in image_chunks(geo, chunk_elements):
         count = images.stop - images.start
