@@ -61,6 +61,9 @@ DEFAULT_REPEATS = 5
 #: Largest error (max |peer - reference| / max(1, max |reference|)) a float32 implementation
 #: may show against the float64 reference before it is reported instead of timed.
 CHECK_TOLERANCE = 1e-3
+#: A row whose median is more than this many times its fastest repeat was disturbed (a shared
+#: machine, frequency changes): a goal's verdict from it is flagged as unstable.
+UNSTABLE_SPREAD = 1.25
 #: Pixel distance the deform_conv2d offsets keep from the bilinear kinks (:func:`off_the_kinks`).
 KINK_MARGIN = 1e-3
 NUMPY = "refdyn numpy"
@@ -386,15 +389,18 @@ def memory_rows(bench: Bench) -> list[dict]:
 
 def ratios(rows: list[Row], pairs) -> list[dict]:
     """refdyn time / peer time for each (numerator, denominator) pair and pass both ran."""
-    medians = {(row.implementation, row.pass_name): row.median_s for row in rows if row.times_s}
+    timed = {(row.implementation, row.pass_name): row for row in rows if row.times_s}
     found = []
     for numerator, denominator in pairs:
         for pass_name in PASSES:
-            top, bottom = medians.get((numerator, pass_name)), medians.get((denominator, pass_name))
+            top, bottom = timed.get((numerator, pass_name)), timed.get((denominator, pass_name))
             if top is not None and bottom is not None:
                 found.append({"numerator": numerator, "denominator": denominator,
-                              "pass": pass_name, "numerator_s": top, "denominator_s": bottom,
-                              "ratio": top / bottom})
+                              "pass": pass_name, "numerator_s": top.median_s,
+                              "denominator_s": bottom.median_s,
+                              "ratio": top.median_s / bottom.median_s,
+                              "spread": max(row.median_s / min(row.times_s)
+                                            for row in (top, bottom))})
     return found
 
 
@@ -479,13 +485,16 @@ def goals(report: dict) -> list[dict]:
     standard = report.get("standard")
     found = []
     for name, numerator, denominator, pass_name, limit in GOALS:
-        ratio = None
+        match = None
         if standard is not None:
-            ratio = next((r["ratio"] for r in standard["ratios"]
+            match = next((r for r in standard["ratios"]
                           if (r["numerator"], r["denominator"], r["pass"])
                           == (numerator, denominator, pass_name)), None)
+        ratio = None if match is None else match["ratio"]
         found.append({"goal": name, "limit": limit, "ratio": ratio,
-                      "met": None if ratio is None or report["quick"] else ratio <= limit})
+                      "met": None if ratio is None or report["quick"] else ratio <= limit,
+                      "unstable": match is not None and match["spread"] > UNSTABLE_SPREAD,
+                      "spread": None if match is None else match["spread"]})
     if "scaling" in report or standard is not None:
         memory = [row for point in report.get("scaling", {}).get("points", [])
                   for row in point["memory"]] + (standard["memory"] if standard else [])
@@ -638,6 +647,9 @@ def format_report(report: dict) -> str:
     for goal in report["goals"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[goal["met"]]
         ratio = "" if goal["ratio"] is None else f" (ratio {goal['ratio']:.2f})"
+        if goal.get("unstable"):
+            ratio += (f", UNSTABLE: a median {goal['spread']:.2f}x its fastest repeat; re-run "
+                      "before trusting this verdict")
         lines.append(f"  {goal['goal']}: {verdict}{ratio}")
     return "\n".join(lines)
 

@@ -170,3 +170,22 @@ def test_kernel_rows_time_every_cuda_c_kernel_of_a_call(monkeypatch):
     assert all(row["launches"] == 1 and row["seconds"] > 0 for row in rows)
     lines = bench.format_kernels(rows, {"bytes_per_s": 1e12})
     assert len(lines) == 4 and all("GB/s" in line and "of peak" in line for line in lines)
+
+
+def test_a_goal_from_disturbed_timings_is_flagged_unstable():
+    steady = bench.Row(bench.NUMPY, "forward", times_s=[1.0, 1.01, 1.02])
+    disturbed = bench.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.8, 0.8])
+    calm = bench.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.41, 0.42])
+    for peer, unstable in ((disturbed, True), (calm, False)):
+        found = bench.ratios([steady, peer], [(bench.NUMPY, "onnxruntime DeformConv")])
+        report = {"quick": False, "standard": {"ratios": found, "memory": []}}
+        goal = bench.goals(report)[0]
+        assert goal["ratio"] == pytest.approx(steady.median_s / peer.median_s)
+        assert goal["met"] is (goal["ratio"] <= 3.0) and goal["unstable"] is unstable
+        assert goal["spread"] == pytest.approx(max(1.01, peer.median_s / min(peer.times_s)))
+        text = bench.format_report({"machine": {"cpu": "", "cores": 1, "usable_cores": 1,
+                                                "platform": "", "numpy": "", "numpy_blas": "",
+                                                "onnxruntime_intra_op_threads": 1,
+                                                "torch_threads": 1, "cuda_devices": 0},
+                                    "repeats": 3, "quick": False, "goals": [goal]})
+        assert ("UNSTABLE" in text) is unstable
