@@ -223,20 +223,26 @@ def _sample_and_coord_grad(image, n, c, neighbours):
 # (DCNv1 Eq. 2, DCNv2 Eq. 1); the backward's column gradient and grad_weight are products too
 # ---------------------------------------------------------------------------------------------
 
+@cuda.jit(device=True)
+def _column_point(index, offset, columns, kernel_w, layer):
+    """Element ``index`` of the flat (N, C_in, K, H_out, W_out) ``columns`` and its sampling
+    point: (n, c, k, i, j, gk, p_y, p_x), gk = g K + k for the offset group g of channel c."""
+    in_channels, taps = columns.shape[1], columns.shape[2]
+    rest, j = _split(index, columns.shape[4])
+    rest, i = _split(rest, columns.shape[3])
+    rest, k = _split(rest, taps)
+    n, c = _split(rest, in_channels)
+    a, b = _split(k, kernel_w)
+    gk = c // (in_channels // (offset.shape[1] // (2 * taps))) * taps + k
+    p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+    return n, c, k, i, j, gk, p_y, p_x
+
+
 @cuda.jit
 def _columns_kernel(total, input, offset, mask, columns, kernel_w, layer, border):
     """columns[n, c, k, i, j] = x_c(p_k) * dm_k, one thread per element (im2col)."""
-    in_channels = input.shape[1]
-    taps, out_h, out_w = columns.shape[2], columns.shape[3], columns.shape[4]
-    in_per_offset_group = in_channels // (offset.shape[1] // (2 * taps))
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, j = _split(index, out_w)
-        rest, i = _split(rest, out_h)
-        rest, k = _split(rest, taps)
-        n, c = _split(rest, in_channels)
-        a, b = _split(k, kernel_w)
-        gk = c // in_per_offset_group * taps + k
-        p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+        n, c, k, i, j, gk, p_y, p_x = _column_point(index, offset, columns, kernel_w, layer)
         columns[n, c, k, i, j] = (_sample(input, n, c, p_y, p_x, border)
                                   * _modulation(mask, offset, n, gk, i, j))
 
@@ -375,19 +381,8 @@ def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, k
     """grad_input[n, c, q] += col * dm * G(q, p) for the 4 neighbours q of each sampling point
     (the adjoint of Eq. 3), scattered with floating-point atomics: the summation order, and so
     the last bits, depend on the thread schedule.  grad_input must start at 0."""
-    in_channels = input.shape[1]
-    taps = columns.shape[2]
-    out_h = columns.shape[3]
-    out_w = columns.shape[4]
-    in_per_offset_group = in_channels // (offset.shape[1] // (2 * taps))
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-        rest, j = _split(index, out_w)
-        rest, i = _split(rest, out_h)
-        rest, k = _split(rest, taps)
-        n, c = _split(rest, in_channels)
-        a, b = _split(k, kernel_w)
-        gk = c // in_per_offset_group * taps + k
-        p_y, p_x = _sampling_point(offset, n, gk, i, j, a, b, layer)
+        n, c, k, i, j, gk, p_y, p_x = _column_point(index, offset, columns, kernel_w, layer)
         grad_sample = columns[n, c, k, i, j] * _modulation(mask, offset, n, gk, i, j)
         for corner in range(4):
             y, x, weight = _corner(input, p_y, p_x, corner, border)
