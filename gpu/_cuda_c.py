@@ -138,18 +138,6 @@ def image_chunks(geo: DeformConvGeometry, chunk_elements: int):
         yield slice(first, min(first + step, geo.batch))
 
 
-def _per_group(geo: DeformConvGeometry, array):
-    """A C-contiguous (images, channels, ..., H_out, W_out) array as (images, groups,
-    channels / groups * ..., H_out W_out): the matrix of each group of each image, a view."""
-    return array.reshape(len(array), geo.groups, -1, geo.out_h * geo.out_w)
-
-
-def weight_matrices(geo: DeformConvGeometry, weight):
-    """weight (C_out, C_in/groups, kh, kw) as (groups, C_out/groups, C_in/groups K), (c', k) order:
-    the rows of each group's matrix, matching :func:`_per_group` of the columns."""
-    return weight.reshape(geo.groups, geo.out_per_group, geo.in_per_group * geo.taps)
-
-
 def sampled_columns(xp, launch, geo: DeformConvGeometry, input, offset, mask, images: slice):
     """columns[n, c, k, i, j] = x_c(p_k) dm_k of the images ``images`` (kernel "columns"),
     (images, C_in, K, H_out, W_out)."""
@@ -166,10 +154,10 @@ def forward(xp, launch, geo: DeformConvGeometry, input, offset, weight, bias, ma
     """Output of deform_conv2d (DCNv1 Eq. 2 / DCNv2 Eq. 1): per chunk of images the sampled
     columns, then out = W columns, one matrix product per group (batched over the images)."""
     output = xp.empty(geo.output_shape, dtype=geo.dtype)
-    weights = weight_matrices(geo, weight)
+    weights = geo.weight_matrices(weight)
     for images in image_chunks(geo, chunk_elements):
         columns = sampled_columns(xp, launch, geo, input, offset, mask, images)
-        output[images] = xp.matmul(weights, _per_group(geo, columns)).reshape(
+        output[images] = xp.matmul(weights, geo.group_matrices(columns)).reshape(
             output[images].shape)
     if bias is not None:
         output += bias[None, :, None, None]
@@ -185,7 +173,7 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
     (the columns sampled again); the kernels give grad_offset and grad_mask from col_grad, and
     grad_input, the adjoint of sampling, by atomicAdd or (``deterministic``) an ordered gather.
     """
-    weights = weight_matrices(geo, weight)
+    weights = geo.weight_matrices(weight)
     grad_input = xp.zeros(input.shape, dtype=geo.dtype)
     grad_offset = xp.zeros(offset.shape, dtype=geo.dtype)
     grad_weight = xp.zeros(weights.shape, dtype=geo.dtype)
@@ -195,8 +183,8 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
         count = images.stop - images.start
         chunk_geometry = geometry_array(xp, geo, count)
         chunk_mask = mask[images] if mask is not None else None
-        go = _per_group(geo, grad_output[images])                   # (images, groups, O/gr, L)
-        column_grad = xp.matmul(weights.transpose(0, 2, 1), go)            # C-contiguous
+        go = geo.group_matrices(grad_output[images])            # (images, groups, O/gr, L)
+        column_grad = xp.matmul(weights.transpose(0, 2, 1), go)         # C-contiguous
         launch(kernel_name("grad_offset_mask", geo), count * geo.offset_groups * geo.taps
                * geo.out_h * geo.out_w,
                [chunk_geometry, input[images], offset[images], chunk_mask, column_grad, rule,
@@ -207,7 +195,8 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
         else:
             launch(kernel_name("grad_input_atomic", geo), column_grad.size,
                    [chunk_geometry, offset[images], chunk_mask, column_grad, grad_input[images]])
-        columns = _per_group(geo, sampled_columns(xp, launch, geo, input, offset, mask, images))
+        columns = geo.group_matrices(
+            sampled_columns(xp, launch, geo, input, offset, mask, images))
         grad_weight += xp.matmul(go, columns.transpose(0, 1, 3, 2)).sum(axis=0)
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if geo.has_bias else None
     return DeformConvGrads(grad_input, grad_offset, grad_weight.reshape(weight.shape), grad_bias,

@@ -548,13 +548,9 @@ def _border(geo) -> bool:
     return geo.boundary == "border"
 
 
-def _per_group(geo, array):
-    """A contiguous (images, channels, ..., H_out, W_out) device array as (images, groups,
-    channels / groups * ..., H_out W_out): the matrix of each group of each image (a view)."""
-    positions = geo.out_h * geo.out_w
-    images = array.shape[0]
-    return array.reshape(images, geo.groups, math.prod(array.shape) // (images * geo.groups
-                                                                          * positions), positions)
+def _one_image(matrices):
+    """Matrices (groups, rows, cols) as the one image of a 4-D operand of :func:`_matmul`."""
+    return matrices.reshape(1, *matrices.shape)
 
 
 def _sampled_columns(geo, input, offset, mask):
@@ -583,14 +579,9 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     weight = _on_device(weight)
     columns = _sampled_columns(geo, _on_device(input), _on_device(offset), _on_device(mask))
     out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
-    _matmul(weight.reshape(1, *_grouped_weight_shape(geo)), _per_group(geo, columns),
-            _per_group(geo, out), bias=_on_device(bias))
+    _matmul(_one_image(geo.weight_matrices(weight)), geo.group_matrices(columns),
+            geo.group_matrices(out), bias=_on_device(bias))
     return out if device else out.copy_to_host()
-
-
-def _grouped_weight_shape(geo):
-    """The weight as one matrix per group: (groups, C_out/groups, C_in/groups kh kw)."""
-    return geo.groups, geo.out_per_group, geo.in_per_group * geo.taps
 
 
 def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=1, padding=0,
@@ -622,12 +613,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     kernel_w = geo.kernel_w
     batch, taps, out_h, out_w = geo.batch, geo.taps, geo.out_h, geo.out_w
     dtype = geo.dtype
-    weights = weight.reshape(1, *_grouped_weight_shape(geo))
-    go = _per_group(geo, grad_output)
+    weights = _one_image(geo.weight_matrices(weight))
+    go = geo.group_matrices(grad_output)
 
     # col[n, c, k, i, j] = sum_{o in group(c)} weight[o, c', k] grad_output[n, o, i, j]
     columns = cuda.device_array((batch, geo.in_channels, taps, out_h, out_w), dtype=dtype)
-    _matmul(weights, go, _per_group(geo, columns), transpose_a=True)
+    _matmul(weights, go, geo.group_matrices(columns), transpose_a=True)
 
     grad_offset = cuda.device_array(offset.shape, dtype=dtype)
     grad_mask = cuda.device_array(mask.shape, dtype=dtype) if mask is not None else None
@@ -637,12 +628,12 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
 
     # grad_weight[o, c', k] = sum_n (sum_{i, j} grad_output[n, o, i, j] x_c(p_k) dm_k): a
     # product per image, then the images summed in order (no atomics)
-    per_image = cuda.device_array((batch, *_grouped_weight_shape(geo)), dtype=dtype)
-    _matmul(go, _per_group(geo, _sampled_columns(geo, input, offset, mask)), per_image,
+    per_image = cuda.device_array((batch, *weights.shape[1:]), dtype=dtype)
+    _matmul(go, geo.group_matrices(_sampled_columns(geo, input, offset, mask)), per_image,
             transpose_b=True)
     grad_weight = cuda.device_array(weight.shape, dtype=dtype)
     _launch(_sum_images_kernel, math.prod(weight.shape), per_image,
-            grad_weight.reshape(*_grouped_weight_shape(geo)))
+            geo.weight_matrices(grad_weight))
 
     grad_bias = None
     if bias is not None:

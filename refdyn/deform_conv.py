@@ -270,11 +270,6 @@ def _ungrouped_columns(geo: DeformConvGeometry, grouped):
     return per_group.reshape(L, geo.taps, geo.in_channels)
 
 
-def _grouped_weight(geo: DeformConvGeometry, weight):
-    """weight as (groups, C_out/groups, C_in/groups * K), the matrix of each group, (c, k) order."""
-    return weight.reshape(geo.groups, geo.out_per_group, geo.in_per_group * geo.taps)
-
-
 def _weight_rows(geo: DeformConvGeometry, weight):
     """weight as (groups, C_out/groups, K * C_in/groups), columns in the (k, c) order of
     :func:`_grouped_columns`."""
@@ -328,7 +323,7 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     geo = check_deform_conv2d_args(input, offset, weight, bias, stride, padding, dilation, mask,
                                    boundary)
     out = np.empty(geo.output_shape, dtype=geo.dtype)
-    out_flat = out.reshape(geo.batch, geo.groups, geo.out_per_group, geo.out_h * geo.out_w)
+    out_flat = geo.group_matrices(out)                       # (N, groups, C_out/gr, L)
     weight_rows = _weight_rows(geo, weight)
     buffers = _Buffers(geo.dtype)
     for n in range(geo.batch):
@@ -368,10 +363,9 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     grad_mask = (np.zeros((geo.batch, G, K, geo.out_h * geo.out_w), dtype=geo.dtype)
                  if mask is not None else None)
     weight_rows = _weight_rows(geo, weight)
-    weight_mat = _grouped_weight(geo, weight)
+    weight_mat = geo.weight_matrices(weight)
     grad_weight_rows = np.zeros(weight_rows.shape, dtype=geo.dtype)
-    grad_out_flat = grad_output.reshape(geo.batch, geo.groups, geo.out_per_group,
-                                        geo.out_h * geo.out_w)
+    grad_out_flat = geo.group_matrices(grad_output)
     buffers = _Buffers(geo.dtype)
     for n in range(geo.batch):
         pixel_rows = _pixel_rows(geo, input[n], buffers)

@@ -61,6 +61,19 @@ class ConvGeometry:
     def output_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, self.out_h, self.out_w)
 
+    def weight_matrices(self, weight):
+        """The weight (C_out, C_in/groups, kh, kw), or an array of its shape such as its
+        gradient, as one matrix per group: (groups, C_out/groups, C_in/groups K), columns in
+        (c', k) order (a view; any array with ``reshape``: NumPy, CuPy, Numba)."""
+        return weight.reshape(self.groups, self.out_per_group, self.in_per_group * self.taps)
+
+    def group_matrices(self, array):
+        """A C-contiguous (images, channels, ..., H_out, W_out) array as (images, groups,
+        channels/groups * ..., H_out W_out): the matrix of each group of each image, whose
+        rows match :meth:`weight_matrices` for (images, C_in, K, H_out, W_out) columns (a view)."""
+        per_group = int(np.prod(array.shape[1:-2])) // self.groups   # no -1: empty batches
+        return array.reshape(array.shape[0], self.groups, per_group, self.out_h * self.out_w)
+
 
 @dataclass(frozen=True)
 class DeformConvGeometry(ConvGeometry):
