@@ -573,9 +573,8 @@ def format_rows(rows: list[dict], bandwidth: Optional[dict]) -> list[str]:
             continue
         note = ""
         if row["bytes_moved"] and bandwidth:
-            rate = row["bytes_moved"] / row["median_s"]
-            note = (f"{rate / 1e9:.0f} GB/s = {rate / bandwidth['bytes_per_s']:.0%} of peak "
-                    "(inputs read + results written once)")
+            note = (format_rate(row["bytes_moved"] / row["median_s"], bandwidth)
+                    + " (inputs read + results written once)")
         lines.append(f"  {row['implementation']:38s} {row['pass']:17s} "
                      f"{1e3 * row['median_s']:10.2f} {1e3 * row['min_s']:9.2f} "
                      f"{row['check_error']:9.1e}  {note}")
@@ -587,14 +586,19 @@ def format_ratios(found: list[dict]) -> list[str]:
             for r in found]
 
 
+def format_rate(bytes_per_s: float, bandwidth: Optional[dict]) -> str:
+    """An achieved bandwidth in GB/s and, with the device's peak, its fraction of it."""
+    peak = f" = {bytes_per_s / bandwidth['bytes_per_s']:.0%} of peak" if bandwidth else ""
+    return f"{bytes_per_s / 1e9:.0f} GB/s{peak}"
+
+
 def format_kernels(rows: list[dict], bandwidth: Optional[dict]) -> list[str]:
     lines = []
     for row in rows:
         rate = row["bytes"] / row["seconds"] if row["seconds"] > 0 else float("inf")
-        peak = f" = {rate / bandwidth['bytes_per_s']:.0%} of peak" if bandwidth else ""
         lines.append(f"  {row['pass']:8s} {row['kernel']:38s} x{row['launches']:<3d} "
                      f"{1e3 * row['seconds']:9.3f} ms {row['bytes'] / 1e6:9.2f} MB "
-                     f"{rate / 1e9:7.0f} GB/s{peak}")
+                     f"{format_rate(rate, bandwidth):>7s}")
     return lines
 
 
