@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from refdyn.roi_pool_args import RoIPoolGrads
+from refdyn.roi_pooling import round_half_away
 
 from . import _cuda_c_roi
 from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
@@ -33,6 +34,7 @@ __all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_back
 # enum RoIKind and enum SampleRule of roi_pool.cu.
 _ALIGN, _EQ5, _OFFICIAL = (_cuda_c_roi.ROI_KINDS[kind] for kind in ("align", "eq5", "official"))
 _ZEROS, _BORDER, _ROI_ALIGN = 0, 1, 2
+_round_half_away = cuda.jit(device=True)(round_half_away)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,10 +56,10 @@ def _roi_frame(rois, r, geo, scales):
             w, h = max(w, 1.0), max(h, 1.0)
     elif kind == _EQ5:  # p0 = (y1, x1) scale, size (y2 - y1) scale
         start_h, start_w, h, w = y1 * s, x1 * s, (y2 - y1) * s, (x2 - x1) * s
-    else:  # official: round half to even, end pixel included, sizes >= 0.1
-        start_w, start_h = float(round(x1)) * s - 0.5, float(round(y1)) * s - 0.5
-        w = max((float(round(x2)) + 1.0) * s - 0.5 - start_w, 0.1)
-        h = max((float(round(y2)) + 1.0) * s - 0.5 - start_h, 0.1)
+    else:  # official: C round (halves away from zero), end pixel included, sizes >= 0.1
+        start_w, start_h = _round_half_away(x1) * s - 0.5, _round_half_away(y1) * s - 0.5
+        w = max((_round_half_away(x2) + 1.0) * s - 0.5 - start_w, 0.1)
+        h = max((_round_half_away(y2) + 1.0) * s - 0.5 - start_h, 0.1)
     return int(rois[r, 0]), start_h, start_w, h, w
 
 

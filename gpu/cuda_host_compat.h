@@ -19,7 +19,7 @@
 using std::ceil;
 using std::exp;
 using std::floor;
-using std::rint;
+using std::round;
 
 struct dim3 {
     unsigned int x, y, z;

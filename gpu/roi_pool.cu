@@ -105,10 +105,10 @@ __device__ RoIFrame roi_frame(const RoIGeometry& geo, const RoIScales& scales,
         f.start_w = x1 * s;
         f.h = (y2 - y1) * s;
         f.w = (x2 - x1) * s;
-    } else {  // official: round half to even (as the reference), end pixel included, >= 0.1
-        f.start_w = rint(x1) * s - 0.5;
-        f.start_h = rint(y1) * s - 0.5;
-        const double end_w = (rint(x2) + 1.0) * s - 0.5, end_h = (rint(y2) + 1.0) * s - 0.5;
+    } else {  // official: C round (halves away from zero), end pixel included, >= 0.1
+        f.start_w = round(x1) * s - 0.5;
+        f.start_h = round(y1) * s - 0.5;
+        const double end_w = (round(x2) + 1.0) * s - 0.5, end_h = (round(y2) + 1.0) * s - 0.5;
         f.w = end_w - f.start_w < 0.1 ? 0.1 : end_w - f.start_w;
         f.h = end_h - f.start_h < 0.1 ? 0.1 : end_h - f.start_h;
     }

@@ -338,13 +338,26 @@ def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim
     return geo, params
 
 
+def round_half_away(value: float) -> float:
+    """The nearest integer, halves away from zero (C's ``round``: 2.5 -> 3, -0.5 -> -1), not
+    Python's half-to-even ``round``.  floor(|v|) and |v| - floor(|v|) are exact in floating
+    point, so the half is decided exactly (0.49999999999999994 rounds to 0).  Plain ``math``
+    only, so the Numba mirror compiles this very function for the device."""
+    magnitude = abs(value)
+    whole = math.floor(magnitude)
+    if magnitude - whole >= 0.5:
+        whole += 1.0
+    return math.copysign(whole, value)
+
+
 def official_roi(roi, spatial_scale):
-    """(batch index, roi_start_h, roi_start_w, roi_h, roi_w): rounded corners, the -0.5 half-pixel
-    shift, the end pixel included, sizes at least 0.1 (the official rules)."""
-    start_w = round(float(roi[1])) * spatial_scale - 0.5
-    start_h = round(float(roi[2])) * spatial_scale - 0.5
-    end_w = (round(float(roi[3])) + 1.0) * spatial_scale - 0.5
-    end_h = (round(float(roi[4])) + 1.0) * spatial_scale - 0.5
+    """(batch index, roi_start_h, roi_start_w, roi_h, roi_w): corners rounded half away from
+    zero (the official code and OpenVINO call C's ``round``), the -0.5 half-pixel shift, the end
+    pixel included, sizes at least 0.1 (the official rules)."""
+    start_w = round_half_away(float(roi[1])) * spatial_scale - 0.5
+    start_h = round_half_away(float(roi[2])) * spatial_scale - 0.5
+    end_w = (round_half_away(float(roi[3])) + 1.0) * spatial_scale - 0.5
+    end_h = (round_half_away(float(roi[4])) + 1.0) * spatial_scale - 0.5
     return int(roi[0]), start_h, start_w, max(end_h - start_h, 0.1), max(end_w - start_w, 0.1)
 
 

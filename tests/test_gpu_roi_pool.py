@@ -101,7 +101,13 @@ def test_official_samples_on_the_skip_lines(backend, dtype):
     pixel per unit of roi_w = 5 and trans_std 0.1)."""
     rois = [[0, 0, 0, 4, 3], [0, 5, 4, 5, 4], [0, 0, 0, 0, 0]]
     offset = [[[[0.0]], [[0.0]]], [[[-2.0]], [[2.0]]], [[[1.0]], [[-1.0]]]]
-    input, rois, offset, grad_output, params = ps_case(rois, offset, dtype)
+    assert_ps_case_matches_reference(backend, *ps_case(rois, offset, dtype))
+
+
+def assert_ps_case_matches_reference(backend, input, rois, offset, grad_output, params):
+    """deform_ps_roi_pool of ``backend`` against the reference, with and without the offset and
+    with ``no_trans`` on and off: forward and both gradients."""
+    dtype = input.dtype
     forward, backward = reference("deform_ps_roi_pool")
     for moved in (None, offset):
         for no_trans in (False, True):
@@ -115,6 +121,18 @@ def test_official_samples_on_the_skip_lines(backend, dtype):
                 a, e = getattr(grads, name), getattr(wanted, name)
                 assert (a is None) == (e is None)
                 assert e is None or close_enough(a, e, dtype), mismatch_report(name, a, e, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_official_rois_at_half_pixels_round_like_c(backend, dtype):
+    """Corners at k + 0.5 round half away from zero on the device too (C's round, as the
+    reference): the mirrors match the reference and the integer RoIs that rounding gives."""
+    half = [[0, -0.5, 0.5, 2.5, 1.5], [0, 1.5, -0.5, 3.5, 2.5]]
+    input, rois, offset, grad_output, params = ps_case(half, [[[[0.5]], [[-0.5]]]] * 2, dtype)
+    assert_ps_case_matches_reference(backend, input, rois, offset, grad_output, params)
+    away = np.array([[0, -1, 1, 3, 2], [0, 2, -1, 4, 3]], dtype=dtype)
+    np.testing.assert_array_equal(backend.deform_ps_roi_pool(input, rois, offset, **params),
+                                  backend.deform_ps_roi_pool(input, away, offset, **params))
 
 
 LAUNCHERS = {"refdyn.gpu.host": ("refdyn.gpu.host", "launch"),

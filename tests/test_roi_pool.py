@@ -13,7 +13,8 @@ from refdyn.roi_align_family import deform_roi_align, deform_roi_align_backward,
     roi_align, roi_align_backward
 from refdyn.roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, \
     deform_ps_roi_pool_literal, deform_roi_pool, deform_roi_pool_backward, \
-    deform_roi_pool_literal, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
+    deform_roi_pool_literal, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward, \
+    round_half_away
 from refdyn.testing.roi_cases import make_case
 from refdyn.testing.strategies import deform_ps_roi_pool_configs, deform_roi_align_configs, \
     deform_roi_pool_configs, ps_roi_align_configs
@@ -182,6 +183,28 @@ def test_official_skip_lines_count_samples_on_them_and_skip_beyond():
     # on the line the sample is clamped: its x derivative (right derivative of the clamp) is 0
     grads = deform_ps_roi_pool_backward(np.ones((1, 1, 1, 1)), image, far, on_line, **params)
     assert grads.grad_offset[0, 0, 0, 0] == 0.0 and grads.grad_offset[0, 1, 0, 0] != 0.0
+
+
+@pytest.mark.parametrize("value,rounded", [(2.5, 3.0), (-0.5, -1.0), (1.5, 2.0), (-2.5, -3.0),
+                                           (0.49999999999999994, 0.0), (3.4, 3.0), (-0.2, -0.0)])
+def test_official_rounding_is_c_round_halves_away_from_zero(value, rounded):
+    assert round_half_away(value) == rounded
+    assert np.signbit(round_half_away(value)) == np.signbit(rounded)
+
+
+@pytest.mark.parametrize("implementation", [deform_ps_roi_pool, deform_ps_roi_pool_literal])
+def test_official_rois_at_half_pixels_are_the_c_rounded_rois(implementation):
+    """Corners at k + 0.5 pool exactly like the integer RoI C's round gives (2.5 -> 3,
+    -0.5 -> -1), not Python's half-to-even one (2.5 -> 2, -0.5 -> 0)."""
+    image = np.random.default_rng(3).standard_normal((2, 4, 5, 6))
+    params = dict(output_dim=1, group_size=2, pooled_size=2, sample_per_part=2)
+    half = rois([0, -0.5, 0.5, 2.5, 1.5], [1, 1.5, -0.5, 3.5, 2.5])
+    away = rois([0, -1, 1, 3, 2], [1, 2, -1, 4, 3])
+    even = rois([0, 0, 0, 2, 2], [1, 2, 0, 4, 2])
+    np.testing.assert_array_equal(implementation(image, half, None, **params),
+                                  implementation(image, away, None, **params))
+    assert not np.allclose(implementation(image, half, None, **params),
+                           implementation(image, even, None, **params))
 
 
 def test_roi_align_rule_reads_the_edge_at_minus_one_and_zero_beyond():
