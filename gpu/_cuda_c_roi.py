@@ -17,16 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from refdyn._checks import numpy_all_finite
+from refdyn.bilinear import check_coord_grad
 from refdyn.roi_align_family import check_roi_align_args, output_channels
 from refdyn.roi_pooling import check_deform_ps_roi_pool_args, check_deform_roi_pool_args
 from refdyn.roi_pool_args import RoIGeometry, RoIPoolGrads, check_grad_output
 
 from ._cuda_c import KERNEL_SUFFIX
 
-#: The fields of ``struct RoIGeometry`` in roi_pool.cu, in order (16 int64 values).
+#: The fields of ``struct RoIGeometry`` in roi_pool.cu, in order (17 int64 values).
 GEOMETRY_FIELDS = ("batch", "channels", "height", "width", "rois", "pooled_h", "pooled_w",
                    "out_channels", "kind", "sampling_ratio", "aligned", "group_h", "group_w",
-                   "classes", "cells_h", "cells_w")
+                   "classes", "cells_h", "cells_w", "mmcv_grad")
 
 #: ``enum RoIKind`` in roi_pool.cu.
 ROI_KINDS = {"align": 0, "eq5": 1, "official": 2}
@@ -40,7 +41,8 @@ class RoICall:
     score-map groups per output channel (1 x 1, the bins for ps_roi_align, group_size x
     group_size for the official kind); classes the offset classes (1 except for the official
     kind); cells the offset grid (the bins, or part_size x part_size);
-    gamma is trans_std for the official kind; no_trans (official) ignores the offset.
+    gamma is trans_std for the official kind; no_trans (official) ignores the offset;
+    coord_grad the offset-gradient rule of deform_roi_align (refdyn.roi_align_family).
     """
 
     geo: RoIGeometry
@@ -54,6 +56,7 @@ class RoICall:
     classes: int = 1
     cells: tuple[int, int] = (0, 0)
     no_trans: bool = False
+    coord_grad: str = "torchvision"
 
     @property
     def offset_cells(self) -> tuple[int, int]:
@@ -65,7 +68,7 @@ class RoICall:
         geo = self.geo
         return (geo.batch, geo.channels, geo.height, geo.width, geo.rois, *geo.pooled,
                 self.out_channels, ROI_KINDS[self.kind], self.sampling_ratio, int(self.aligned),
-                *self.groups, self.classes, *self.offset_cells)
+                *self.groups, self.classes, *self.offset_cells, int(self.coord_grad == "mmcv"))
 
     def scales(self) -> tuple[float, float]:
         """The fields of ``struct RoIScales``: spatial_scale, gamma."""
@@ -88,14 +91,16 @@ class RoICall:
 # the batch-index check; the backends pass a host copy of device RoIs (R x 5 values).
 
 def align_call(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned,
-               gamma, all_finite=numpy_all_finite, position_sensitive=False) -> RoICall:
+               gamma, all_finite=numpy_all_finite, position_sensitive=False,
+               coord_grad="torchvision") -> RoICall:
     """roi_align (gamma 0, no offsets), ps_roi_align (also always aligned, one score-map group
-    per bin) and deform_roi_align (always aligned)."""
+    per bin) and deform_roi_align (always aligned; its backward takes ``coord_grad``)."""
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale,
                                sampling_ratio, gamma, all_finite, position_sensitive)
+    check_coord_grad(coord_grad)
     return RoICall(geo, "align", output_channels(geo, position_sensitive), float(spatial_scale),
                    float(gamma), int(sampling_ratio), bool(aligned),
-                   geo.pooled if position_sensitive else (1, 1))
+                   geo.pooled if position_sensitive else (1, 1), coord_grad=coord_grad)
 
 
 def eq5_call(input, rois, offset, output_size, spatial_scale, gamma,

@@ -143,7 +143,8 @@ def _counted(rule, v, extent):
 
 @cuda.jit(device=True)
 def _axis_stencil(rule, v, extent):
-    """(inside, low, high, frac, slope) of one coordinate (roi_pool.cu AxisStencil)."""
+    """(inside, low, high, frac, slope, unclamped) of one coordinate (roi_pool.cu AxisStencil)."""
+    unclamped = v
     last = extent - 1.0
     inside = rule != _ROI_ALIGN or (v >= -1.0 and v <= extent)
     slope = 1.0
@@ -154,13 +155,13 @@ def _axis_stencil(rule, v, extent):
         v = min(max(v, 0.0), last)
     low = int(math.floor(v))
     high = low + 1 if rule == _ZEROS else min(low + 1, extent - 1)
-    return inside, low, high, v - low, slope
+    return inside, low, high, v - low, slope, unclamped
 
 
 @cuda.jit(device=True)
 def _axis_weight(rule, v, q, extent):
     """The factor of G the coordinate v puts on integer coordinate q (both neighbours may be q)."""
-    inside, low, high, frac, _ = _axis_stencil(rule, v, extent)
+    inside, low, high, frac, _, _ = _axis_stencil(rule, v, extent)
     if not inside:
         return 0.0
     return (1.0 - frac if low == q else 0.0) + (frac if high == q else 0.0)
@@ -175,16 +176,20 @@ def _pixel(input, n, ch, qy, qx):
 
 
 @cuda.jit(device=True)
-def _bilinear(rule, input, n, ch, y, x):
-    """(x(p), d x/d p_y, d x/d p_x) (DCNv1 Eq. 3, Appendix A Eq. 7, right derivatives)."""
-    in_y, y0, y1, ly, slope_y = _axis_stencil(rule, y, input.shape[2])
-    in_x, x0, x1, lx, slope_x = _axis_stencil(rule, x, input.shape[3])
+def _bilinear(rule, mmcv_grad, input, n, ch, y, x):
+    """(x(p), d x/d p_y, d x/d p_x) (DCNv1 Eq. 3, Appendix A Eq. 7, right derivatives; with
+    mmcv_grad mmcv DeformRoIPool's derivatives, roi_pool.cu bilinear)."""
+    in_y, y0, y1, ly, slope_y, raw_y = _axis_stencil(rule, y, input.shape[2])
+    in_x, x0, x1, lx, slope_x, raw_x = _axis_stencil(rule, x, input.shape[3])
     if not (in_y and in_x):
         return 0.0, 0.0, 0.0
     v00, v01 = _pixel(input, n, ch, y0, x0), _pixel(input, n, ch, y0, x1)
     v10, v11 = _pixel(input, n, ch, y1, x0), _pixel(input, n, ch, y1, x1)
     value = ((1.0 - ly) * (1.0 - lx) * v00 + (1.0 - ly) * lx * v01 + ly * (1.0 - lx) * v10
              + ly * lx * v11)
+    if mmcv_grad:
+        return (value, (x1 - raw_x) * (v10 - v00) + (raw_x - x0) * (v11 - v01),
+                (y1 - raw_y) * (v01 - v00) + (raw_y - y0) * (v11 - v10))
     return (value, slope_y * ((1.0 - lx) * (v10 - v00) + lx * (v11 - v01)),
             slope_x * ((1.0 - ly) * (v01 - v00) + ly * (v11 - v10)))
 
@@ -204,7 +209,7 @@ def _bin_sums(geo, input, bin):
             x = _at(kind, xs, b) + shift_x
             if not _counted(rule, x, geo[3]):
                 continue
-            v, g_y, g_x = _bilinear(rule, input, n, channel, y, x)
+            v, g_y, g_x = _bilinear(rule, geo[16] != 0, input, n, channel, y, x)
             value += v
             d_y += g_y
             d_x += g_x
@@ -389,11 +394,13 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 
 
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
-                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
+                              coord_grad="torchvision") -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask); as
     :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
-                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite,
+                                  coord_grad=coord_grad)
     return _backward(call, grad_output, input, rois, offset, mask)
 
 

@@ -264,11 +264,13 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 
 
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
-                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
+                              coord_grad="torchvision") -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask) on the GPU; as
     :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, _host_rois(rois), offset, mask, output_size,
-                                  spatial_scale, sampling_ratio, True, gamma, _all_finite)
+                                  spatial_scale, sampling_ratio, True, gamma, _all_finite,
+                                  coord_grad=coord_grad)
     return _roi_backward(call, grad_output, input, rois, offset, mask)
 
 

@@ -326,11 +326,12 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 
 
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
-                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
+                              coord_grad="torchvision") -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` (input, offset, mask), run on the CPU; as
     :func:`refdyn.roi_align_family.deform_roi_align_backward`."""
     call = _cuda_c_roi.align_call(input, rois, offset, mask, output_size, spatial_scale,
-                                  sampling_ratio, True, gamma)
+                                  sampling_ratio, True, gamma, coord_grad=coord_grad)
     return _roi_backward(call, grad_output, input, rois, offset, mask)
 
 

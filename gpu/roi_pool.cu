@@ -50,13 +50,15 @@ enum RoIKind { KIND_ALIGN = 0, KIND_EQ5 = 1, KIND_OFFICIAL = 2 };
 // The sampling rules of REFERENCE.md section 1 each kind uses.
 enum SampleRule { RULE_ZEROS = 0, RULE_BORDER = 1, RULE_ROI_ALIGN = 2 };
 
-// The sizes of one call: 16 int64 values (sampling_ratio is sample_per_part for KIND_OFFICIAL), in the order of GEOMETRY_FIELDS in _cuda_c_roi.py.
+// The sizes of one call: 17 int64 values (sampling_ratio is sample_per_part for KIND_OFFICIAL), in the order of GEOMETRY_FIELDS in _cuda_c_roi.py.
+// mmcv_grad (KIND_ALIGN only) selects mmcv DeformRoIPool's offset-gradient rule (bilinear()).
 // out_channels is C / (group_h group_w); group_h x group_w the score-map groups of the channel
 // mapping (header); classes is 1 except for KIND_OFFICIAL with offsets; cells_h x cells_w is
 // the offset grid (P_h x P_w, or part_size x part_size).
 struct RoIGeometry {
     index_t batch, channels, height, width, rois, pooled_h, pooled_w, out_channels;
     index_t kind, sampling_ratio, aligned, group_h, group_w, classes, cells_h, cells_w;
+    index_t mmcv_grad;
 
     __device__ index_t pixels() const { return height * width; }
     __device__ index_t bins() const { return pooled_h * pooled_w; }
@@ -241,13 +243,14 @@ __device__ __forceinline__ bool counted(const Bin& bin, double v, index_t extent
 struct AxisStencil {
     bool inside;
     index_t low, high;
-    double frac, slope;
+    double frac, slope, unclamped;
 };
 
 __device__ AxisStencil axis_stencil(int rule, double v, index_t extent)
 {
     AxisStencil s;
     const double last = (double)(extent - 1);
+    s.unclamped = v;
     s.inside = rule != RULE_ROI_ALIGN || (v >= -1.0 && v <= (double)extent);
     s.slope = 1.0;
     if (rule == RULE_ZEROS) {  // far points read zeros only; keeps floor() in range
@@ -284,14 +287,16 @@ __device__ double axis_weight(int rule, double v, index_t q, index_t extent)
 }
 
 // x(p) and (d x(p)/d p_y, d x(p)/d p_x) (DCNv1 Eq. 3 and Appendix A Eq. 7, right derivatives)
-// of one channel image at p = (y, x); neighbours outside the image read 0 (zeros rule).
+// of one channel image at p = (y, x); neighbours outside the image read 0 (zeros rule).  With
+// mmcv_grad the derivatives are mmcv DeformRoIPool's: the slopes between the neighbours read,
+// weighted by the unclamped point (refdyn.bilinear, the roi_align rule).
 struct Sample {
     double value, d_y, d_x;
 };
 
 template <typename scalar_t>
-__device__ Sample bilinear(int rule, const scalar_t* image, index_t height, index_t width,
-                           double y, double x)
+__device__ Sample bilinear(int rule, bool mmcv_grad, const scalar_t* image, index_t height,
+                           index_t width, double y, double x)
 {
     const AxisStencil sy = axis_stencil(rule, y, height), sx = axis_stencil(rule, x, width);
     Sample out = {0.0, 0.0, 0.0};
@@ -304,6 +309,13 @@ __device__ Sample bilinear(int rule, const scalar_t* image, index_t height, inde
                             ? (double)image[qy * width + qx] : 0.0;
             out.value += neighbour_weight(sy, ky) * neighbour_weight(sx, kx) * v[ky][kx];
         }
+    }
+    if (mmcv_grad) {
+        const double high_x = (double)sx.high - sx.unclamped, low_x = sx.unclamped - (double)sx.low;
+        const double high_y = (double)sy.high - sy.unclamped, low_y = sy.unclamped - (double)sy.low;
+        out.d_y = high_x * (v[1][0] - v[0][0]) + low_x * (v[1][1] - v[0][1]);
+        out.d_x = high_y * (v[0][1] - v[0][0]) + low_y * (v[1][1] - v[1][0]);
+        return out;
     }
     out.d_y = sy.slope * ((1.0 - sx.frac) * (v[1][0] - v[0][0]) + sx.frac * (v[1][1] - v[0][1]));
     out.d_x = sx.slope * ((1.0 - sy.frac) * (v[0][1] - v[0][0]) + sy.frac * (v[1][1] - v[1][0]));
@@ -327,7 +339,8 @@ __device__ BinSums bin_sums(const RoIGeometry& geo, const Bin& bin, const scalar
         for (index_t b = 0; b < bin.xs.count; ++b) {
             const double x = bin.xs.at(b) + bin.shift_x;
             if (!counted(bin, x, geo.width)) continue;
-            const Sample s = bilinear(bin.rule, image, geo.height, geo.width, y, x);
+            const Sample s = bilinear(bin.rule, geo.mmcv_grad != 0, image, geo.height,
+                                      geo.width, y, x);
             out.sum.value += s.value;
             out.sum.d_y += s.d_y;
             out.sum.d_x += s.d_x;

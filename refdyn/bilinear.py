@@ -31,6 +31,15 @@ Offset-gradient rules at the edge of the ``zeros`` rule (pytorch/vision issue 68
 The two differ only where a coordinate is exactly -1, which is every border output of a
 padding-1 3x3 layer with zero offsets.
 
+Under the ``roi_align`` rule the same two names mean (mmcv DeformRoIPool's backward):
+- ``"torchvision"``: the right derivative of the sampled value, so 0 along an axis where the
+  point is clamped (p_y < 0 or p_y >= H - 1).
+- ``"mmcv"``: with (y_l, y_h) the rows the clamped point reads (y_l = y_h = H - 1 at the far
+  edge) and p_y unclamped, d/d p_x = (y_h - p_y)(x(y_l, x_h) - x(y_l, x_l))
+  + (p_y - y_l)(x(y_h, x_h) - x(y_h, x_l)), and likewise d/d p_y.  For -1 <= p_y < 0 this is
+  the slope between rows 0 and 1 extrapolated to p_y, not 0; along an axis of collapsed
+  neighbours (p >= size - 1) both derivatives are 0.
+
 This module has two layers: scalar functions that follow the equations term by term
 (:func:`g`, :func:`G`, :func:`sample_point`, :func:`sample_point_grad`) and array functions
 that compute the same for many points at once (:func:`bilinear_sample`,
@@ -149,6 +158,8 @@ def sample_point_grad(image: np.ndarray, y: float, x: float, boundary: str = "ze
     if boundary == "roi_align":
         if _outside_roi_align(y, x, height, width):
             return 0.0, 0.0
+        if coord_grad == "mmcv":
+            return _mmcv_roi_align_grad(image, y, x)
         boundary = "border"
     if boundary == "border":
         # Right derivative of the clamp: 1 inside [0, H-1), 0 beyond.
@@ -163,6 +174,23 @@ def sample_point_grad(image: np.ndarray, y: float, x: float, boundary: str = "ze
         grad_y += dg_db(qy, y) * g(qx, x) * value
         grad_x += g(qy, y) * dg_db(qx, x) * value
     return slope_y * grad_y, slope_x * grad_x
+
+
+def _clamped_neighbours(v: float, extent: int) -> tuple[int, int]:
+    """The two coordinates a clamped point reads along one axis (both extent - 1 at the far edge)."""
+    low = min(math.floor(min(max(v, 0.0), extent - 1.0)), extent - 1)
+    return low, min(low + 1, extent - 1)
+
+
+def _mmcv_roi_align_grad(image: np.ndarray, y: float, x: float) -> tuple[float, float]:
+    """mmcv DeformRoIPool's (d/d p_y, d/d p_x) under the roi_align rule (module docstring): the
+    slopes between the clamped point's neighbours, weighted by the unclamped point."""
+    y_low, y_high = _clamped_neighbours(y, image.shape[0])
+    x_low, x_high = _clamped_neighbours(x, image.shape[1])
+    v00, v01 = float(image[y_low, x_low]), float(image[y_low, x_high])
+    v10, v11 = float(image[y_high, x_low]), float(image[y_high, x_high])
+    return ((x_high - x) * (v10 - v00) + (x - x_low) * (v11 - v01),
+            (y_high - y) * (v01 - v00) + (y - y_low) * (v11 - v10))
 
 
 def scatter_point(grad_image: np.ndarray, y: float, x: float, grad_value: float,
@@ -227,12 +255,15 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
     one = dtype.type(1)
     slope_y = slope_x = one
     inside = True
+    unclamped_y, unclamped_x = y, x
+    mmcv_roi_align = boundary == "roi_align" and coord_grad == "mmcv"
     if boundary == "roi_align":
         inside = (y >= -1) & (y <= height) & (x >= -1) & (x <= width)
         boundary = "border"
-    if boundary == "border":
+    if boundary == "border" and not mmcv_roi_align:
         slope_y = ((y >= 0) & (y < height - 1)).astype(dtype)
         slope_x = ((x >= 0) & (x < width - 1)).astype(dtype)
+    if boundary == "border":
         y = np.clip(y, 0, height - 1)
         x = np.clip(x, 0, width - 1)
     else:
@@ -263,6 +294,9 @@ def make_stencil(y: np.ndarray, x: np.ndarray, height: int, width: int,
     weight = np.where(valid, weight, 0).astype(dtype, copy=False)
     if not derivatives:
         return Stencil(index=index, weight=weight, dweight_dy=None, dweight_dx=None)
+    if mmcv_roi_align:  # the clamped point's neighbours, weighted by the unclamped point
+        hx, lx = cols[1] - unclamped_x, unclamped_x - cols[0]
+        hy, ly = rows[1] - unclamped_y, unclamped_y - rows[0]
     dweight_dy = np.where(valid, np.stack([-hx, -lx, hx, lx]) * slope_y, 0)
     dweight_dx = np.where(valid, np.stack([-hy, hy, -ly, ly]) * slope_x, 0)
     if boundary == "zeros" and coord_grad == "mmcv":

@@ -52,6 +52,25 @@ class Implementation:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A refdyn-only argument of an operator (a convention switch no framework's signature
+    has): its name, the value that gives the operator's documented default behaviour, and the
+    keyword of the operator's Hypothesis strategy that draws its values.  refdyn.testing passes
+    it to a candidate only when the candidate's signature names it; otherwise the candidate is
+    compared under ``default`` unless the caller chose the values with ``knob``."""
+
+    name: str
+    default: object
+    knob: str
+
+
+#: The convention switches of the sampling operators: the boundary rule and the offset-gradient
+#: rule at the image edge (refdyn.bilinear).
+SAMPLING_OPTIONS = (Option("boundary", "zeros", "boundaries"),
+                    Option("coord_grad", "torchvision", "coord_grads"))
+
+
+@dataclass(frozen=True)
 class Operator:
     """A registered operator.
 
@@ -60,7 +79,12 @@ class Operator:
     kinked: the inputs through which the output has kinks (bilinear sampling coordinates):
     finite differences with respect to them need kink-free cases;
     configs: Hypothesis strategy factory; make_case: configuration -> Case;
-    examples: (thorough: bool) -> the fixed configurations ``refdyn check`` runs.
+    examples: (thorough: bool) -> the fixed configurations ``refdyn check`` runs;
+    options: the refdyn-only arguments (:class:`Option`), which a candidate of another
+    implementation need not accept;
+    rounding_neighbours: for an operator whose output jumps where a sample crosses a rule line
+    (RoI samples at x = -1 or W), case -> the cases with every sample moved by a few units of
+    the dtype's rounding each way; refdyn.testing accepts an element that matches one of them.
     """
 
     name: str
@@ -72,6 +96,8 @@ class Operator:
     configs: str
     make_case: str
     examples: str
+    options: tuple[Option, ...] = ()
+    rounding_neighbours: Optional[str] = None
 
     def implementation(self, backend: str) -> Implementation:
         return self.implementations[backend]
@@ -109,6 +135,7 @@ DEFORM_CONV2D = Operator(
     configs="refdyn.testing.strategies:deform_conv2d_configs",
     make_case="refdyn.testing.deform_conv_cases:make_case",
     examples="refdyn.testing.deform_conv_cases:example_configs",
+    options=SAMPLING_OPTIONS,
 )
 
 BILINEAR_SAMPLE = Operator(
@@ -121,6 +148,7 @@ BILINEAR_SAMPLE = Operator(
     configs="refdyn.testing.strategies:bilinear_sample_configs",
     make_case="refdyn.testing.bilinear_cases:make_case",
     examples="refdyn.testing.bilinear_cases:example_configs",
+    options=SAMPLING_OPTIONS,
 )
 
 ACTIVE_CONV2D = Operator(
@@ -133,6 +161,7 @@ ACTIVE_CONV2D = Operator(
     configs="refdyn.testing.strategies:active_conv2d_configs",
     make_case="refdyn.testing.active_conv_cases:make_case",
     examples="refdyn.testing.active_conv_cases:example_configs",
+    options=SAMPLING_OPTIONS,
 )
 
 DDF = Operator(
@@ -150,15 +179,17 @@ DDF = Operator(
 )
 
 
-def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked) -> Operator:
+def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked,
+                  options: tuple[Option, ...] = ()) -> Operator:
     """A RoI pooling operator of ``refdyn.<module>`` with cases from ``refdyn.testing.roi_cases``
     and its GPU mirrors (gpu/roi_pool.cu, gpu/_numba_roi.py)."""
-    return Operator(
+    return Operator(options=options,
         name=name, summary=summary, differentiable=differentiable, linear=linear, kinked=kinked,
         implementations=every_backend(module, name),
         configs=f"refdyn.testing.strategies:{name}_configs",
         make_case="refdyn.testing.roi_cases:make_case",
         examples=f"refdyn.testing.roi_cases:{name}_examples",
+        rounding_neighbours="refdyn.testing.roi_cases:rounding_neighbours",
     )
 
 
@@ -172,7 +203,8 @@ PS_ROI_ALIGN = _roi_operator("ps_roi_align", "roi_align_family",
 DEFORM_ROI_ALIGN = _roi_operator(
     "deform_roi_align", "roi_align_family",
     "mmcv DeformRoIPool on RoIAlign (offsets x first); with a mask DCNv2 Eq. 2 modulated pooling",
-    ("input", "offset", "mask"), ("input", "mask"), ("offset",))
+    ("input", "offset", "mask"), ("input", "mask"), ("offset",),
+    (Option("coord_grad", "torchvision", "coord_grads"),))
 DEFORM_ROI_POOL = _roi_operator(
     "deform_roi_pool", "roi_pooling",
     "deformable RoI pooling, DCNv1 Eq. 6 (Eq. 5 RoI pooling without offsets), average form",

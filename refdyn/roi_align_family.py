@@ -28,7 +28,11 @@ aligned, no size clamp, and bin (i, j) moved by (gamma w dx^_ij, gamma h dy^_ij)
 (R, 2, P_h, P_w) whose **channel 0 is x and channel 1 is y** (the reverse of ``deform_conv2d``).
 With a mask (R, 1, P_h, P_w) it is DCNv2's modulated deformable RoI pooling (Eq. 2, mmcv's
 ``ModulatedDeformRoIPoolPack``): y(k) = dm_k sum_j x(p_kj + dp_k) / n_k, one scalar per bin
-broadcast over channels (the sigmoid is applied outside the op).
+broadcast over channels (the sigmoid is applied outside the op).  Its backward takes
+``coord_grad``: ``"torchvision"`` (default) is the right derivative of the forward, 0 along an
+axis where a sample is clamped; ``"mmcv"`` is mmcv's DeformRoIPool backward, which
+differentiates the bilinear weights at the unclamped sample (:mod:`refdyn.bilinear`), so a
+sample with -1 <= y < 0 gets the slope between rows 0 and 1 instead of 0.
 
 RoIs get no gradient.  ``*_literal`` loops over RoIs, channels, bins and samples; the vectorized
 default loops over RoIs and samples every bin and channel of a RoI at once (see
@@ -43,7 +47,7 @@ from typing import Callable
 import numpy as np
 
 from ._checks import numpy_all_finite
-from .bilinear import sample_point, sample_point_grad, scatter_point
+from .bilinear import check_coord_grad, sample_point, sample_point_grad, scatter_point
 from .roi_pooling import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
 from .roi_pool_args import RoIPoolGrads, check_bin_array, check_finite_number, check_grad_output, \
     check_roi_input
@@ -132,9 +136,11 @@ def _forward_literal(input, rois, offset, mask, output_size, spatial_scale, samp
 
 
 def _backward_literal(grad_output, input, rois, offset, mask, output_size, spatial_scale,
-                      sampling_ratio, aligned, gamma, position_sensitive=False) -> RoIPoolGrads:
+                      sampling_ratio, aligned, gamma, position_sensitive=False,
+                      coord_grad="torchvision") -> RoIPoolGrads:
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                                gamma, position_sensitive=position_sensitive)
+    check_coord_grad(coord_grad)
     check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape)
     grad_offset = None if offset is None else np.zeros(offset.shape)
@@ -148,7 +154,7 @@ def _backward_literal(grad_output, input, rois, offset, mask, output_size, spati
             if mask is not None:
                 grad_mask[r, 0, i, j] += go * sample_point(input[n, c], y, x, BOUNDARY)
             if offset is not None:
-                d_y, d_x = sample_point_grad(input[n, c], y, x, BOUNDARY)
+                d_y, d_x = sample_point_grad(input[n, c], y, x, BOUNDARY, coord_grad)
                 grad_offset[r, 0, i, j] += go * dm * d_x * scale_x       # channel 0 = x
                 grad_offset[r, 1, i, j] += go * dm * d_y * scale_y
     return _grads_in_dtype(geo.dtype, grad_input, grad_offset, grad_mask)
@@ -164,7 +170,7 @@ def align_grid(roi, pooled, spatial_scale, sampling_ratio, aligned, gamma) -> Bi
 
 
 def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma,
-              position_sensitive) -> BinAverages:
+              position_sensitive, coord_grad="torchvision") -> BinAverages:
     """The (moved) bins of RoI r, vectorized; position-sensitive bins read their own channels
     (c P_h + i) P_w + j, the input's channels in order when reshaped to (C_out, P_h, P_w)."""
     grid = align_grid(rois[r], geo.pooled, spatial_scale, sampling_ratio, aligned, gamma)
@@ -180,7 +186,7 @@ def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligne
         channel_map = np.arange(geo.channels).reshape((-1,) + geo.pooled)
         group_map = np.zeros(channel_map.shape[0], dtype=np.int64)
     return BinAverages(input[grid.batch_index], y, x, averaging_weight(valid)[None], BOUNDARY,
-                       channel_map, group_map)
+                       channel_map, group_map, coord_grad)
 
 
 def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned, gamma,
@@ -195,16 +201,17 @@ def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_rat
 
 
 def _backward(grad_output, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-              aligned, gamma, position_sensitive=False) -> RoIPoolGrads:
+              aligned, gamma, position_sensitive=False, coord_grad="torchvision") -> RoIPoolGrads:
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                                gamma, position_sensitive=position_sensitive)
+    check_coord_grad(coord_grad)
     check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape, dtype=geo.dtype)
     grad_offset = None if offset is None else np.zeros(offset.shape, dtype=geo.dtype)
     grad_mask = None if mask is None else np.zeros(mask.shape, dtype=geo.dtype)
     for r in range(geo.rois):
         bins = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned, gamma,
-                         position_sensitive)
+                         position_sensitive, coord_grad)
         go = grad_output[r] if mask is None else grad_output[r] * mask[r]     # dL/d(bin average)
         bins.scatter(grad_input[int(rois[r, 0])], go)
         if mask is not None:
@@ -297,15 +304,17 @@ def deform_roi_align(input, rois, offset=None, mask=None, output_size=7, spatial
 
 
 def deform_roi_align_backward(grad_output, input, rois, offset=None, mask=None, output_size=7,
-                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1) -> RoIPoolGrads:
+                              spatial_scale=1.0, sampling_ratio=0, gamma=0.1,
+                              coord_grad="torchvision") -> RoIPoolGrads:
     """Gradients of :func:`deform_roi_align` for input, offset and mask (no RoI gradient):
 
     grad_input = adjoint of the bin averages applied to go * dm;
     grad_offset[r, 0 (x) / 1 (y), i, j] = gamma (w / h) sum_c go dm d avg / d shift (right
-    derivatives at kinks); grad_mask[r, 0, i, j] = sum_c go * avg.
+    derivatives at kinks; ``coord_grad="mmcv"``: mmcv's rule at clamped samples, see the
+    module docstring); grad_mask[r, 0, i, j] = sum_c go * avg.
     """
     return _backward(grad_output, input, rois, offset, mask, output_size, spatial_scale,
-                     sampling_ratio, True, gamma)
+                     sampling_ratio, True, gamma, coord_grad=coord_grad)
 
 
 def deform_roi_align_literal(input, rois, offset=None, mask=None, output_size=7,
@@ -317,10 +326,10 @@ def deform_roi_align_literal(input, rois, offset=None, mask=None, output_size=7,
 
 def deform_roi_align_backward_literal(grad_output, input, rois, offset=None, mask=None,
                                       output_size=7, spatial_scale=1.0, sampling_ratio=0,
-                                      gamma=0.1) -> RoIPoolGrads:
+                                      gamma=0.1, coord_grad="torchvision") -> RoIPoolGrads:
     """:func:`deform_roi_align_backward` by loops."""
     return _backward_literal(grad_output, input, rois, offset, mask, output_size, spatial_scale,
-                             sampling_ratio, True, gamma)
+                             sampling_ratio, True, gamma, coord_grad=coord_grad)
 
 
 def modulated_deform_roi_pool(input, rois, offset, mask, output_size=7, spatial_scale=1.0,

@@ -98,12 +98,14 @@ class BinAverages:
     output channel c reads input channel c.  Position-sensitive pooling passes channel_map
     (C_out, P_h, P_w), the input channel each bin of each output channel reads, and group_map
     (C_out,), the point group of each output channel: the stencil then indexes the image with
-    its channels flattened into the pixels.
+    its channels flattened into the pixels.  ``coord_grad`` picks the derivative rule of
+    :func:`refdyn.bilinear.make_stencil`.
     """
 
-    def __init__(self, image, y, x, weight, boundary, channel_map=None, group_map=None):
+    def __init__(self, image, y, x, weight, boundary, channel_map=None, group_map=None,
+                 coord_grad="torchvision"):
         channels, height, width = image.shape
-        base = make_stencil(y, x, height, width, boundary)
+        base = make_stencil(y, x, height, width, boundary, coord_grad)
         if channel_map is None:
             def pick(field):
                 return field[:, 0] * weight[0]

@@ -53,7 +53,8 @@ def assert_matches_reference(module, name, case, move=lambda array: array):
     ``move`` places the array arguments (device arrays)."""
     arrays = {key: None if value is None else move(value) for key, value in case.arrays.items()}
     output = to_numpy(getattr(module, name)(**arrays, **case.params))
-    grads = getattr(module, f"{name}_backward")(move(case.grad_output), **arrays, **case.params)
+    grads = getattr(module, f"{name}_backward")(move(case.grad_output), **arrays, **case.params,
+                                                **case.backward_params)
     host_grads = type(grads)(**{key: None if value is None else to_numpy(value)
                                 for key, value in vars(grads).items()})
     comparison = compare_results(OPERATORS[name], case, output, host_grads)
@@ -81,6 +82,19 @@ def test_deform_roi_align_without_offset_or_mask(backend, with_offset, with_mask
     config = RoIPoolConfig(operator="deform_roi_align", with_offset=with_offset,
                            with_mask=with_mask, seed=12)
     assert_matches_reference(backend, "deform_roi_align", make_case(config))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_deform_roi_align_mmcv_offset_gradient_rule(backend, dtype):
+    """coord_grad="mmcv" reaches the kernels: RoIs across the edges put samples where the rule
+    differs from the derivative, and the mirrors follow the reference under each rule."""
+    config = RoIPoolConfig(operator="deform_roi_align", roi_kind="partly_outside",
+                           offset_kind="normal", rois=3, coord_grad="mmcv", dtype=dtype, seed=13)
+    case = make_case(config)
+    assert_matches_reference(backend, "deform_roi_align", case)
+    derivative = backend.deform_roi_align_backward(case.grad_output, **case.forward_kwargs())
+    mmcv = backend.deform_roi_align_backward(case.grad_output, **case.backward_kwargs())
+    assert not np.allclose(to_numpy(mmcv.grad_offset), to_numpy(derivative.grad_offset))
 
 
 def ps_case(rois, offset, dtype="float64", height=4, width=5):

@@ -313,3 +313,45 @@ def test_mimic_loss_values():
 def test_bad_input_is_rejected_naming_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- mmcv's DeformRoIPool offset-gradient rule (coord_grad="mmcv") ---------------------------
+
+SLOPES = np.array([[1.0, 2.0, 4.0], [8.0, 16.0, 32.0]])       # v00 = 1, v01 = 2, v10 = 8, v11 = 16
+
+
+@pytest.mark.parametrize("y,x,expected", [
+    # inside: the ordinary bilinear slopes (both rules)
+    (0.25, 0.5, (0.5 * 7 + 0.5 * 14, 0.75 * 1 + 0.25 * 8)),
+    # -1 <= y < 0: mmcv clamps rows to (0, 1) but weights by y = -0.5: d/dy is the row slope,
+    # d/dx extrapolates (1.5 of row 0's slope, -0.5 of row 1's)
+    (-0.5, 0.5, (0.5 * 7 + 0.5 * 14, 1.5 * 1 - 0.5 * 8)),
+    # y >= H - 1: both neighbours are row 1, both derivatives 0
+    (1.5, 0.5, (0.0, 0.0)),
+    # beyond -1: outside the roi_align rule, 0
+    (-1.5, 0.5, (0.0, 0.0))])
+def test_mmcv_roi_align_offset_gradient_rule(y, x, expected):
+    """mmcv differentiates the bilinear weights at the unclamped sample (its
+    bilinear_interpolate_gradient takes y by value and the caller weights with it)."""
+    np.testing.assert_allclose(sample_point_grad(SLOPES, y, x, "roi_align", "mmcv"), expected)
+    stencil = make_stencil(np.array([y]), np.array([x]), 2, 3, "roi_align", "mmcv")
+    corners = SLOPES.ravel()[stencil.index[:, 0]]
+    np.testing.assert_allclose([np.dot(corners, stencil.dweight_dy[:, 0]),
+                                np.dot(corners, stencil.dweight_dx[:, 0])], expected)
+    if y < 0:    # the derivative (coord_grad="torchvision") is 0 along the clamped axis
+        assert sample_point_grad(SLOPES, y, x, "roi_align")[0] == 0.0
+
+
+def test_deform_roi_align_mmcv_rule_differs_only_where_samples_are_clamped():
+    image = RNG.standard_normal((1, 2, 4, 5))
+    go = RNG.standard_normal((2, 2, 2, 2))
+    offset = RNG.normal(0, 0.3, (2, 2, 2, 2))
+    inside, across = rois([0, 1.2, 1.1, 3.3, 2.4]), rois([0, -1.6, -1.4, 2.2, 2.8])
+    for box, differs in ((inside, False), (across, True)):
+        grads = {rule: deform_roi_align_backward(go[:1], image, box, offset[:1], None, 2,
+                                                 sampling_ratio=2, coord_grad=rule)
+                 for rule in ("torchvision", "mmcv")}
+        np.testing.assert_array_equal(grads["mmcv"].grad_input, grads["torchvision"].grad_input)
+        assert differs != np.allclose(grads["mmcv"].grad_offset, grads["torchvision"].grad_offset)
+    with pytest.raises(ValueError, match="coord_grad must be one of"):
+        deform_roi_align_backward(go[:1], image, inside, offset[:1], None, 2, coord_grad="other")

@@ -25,6 +25,109 @@ def test_correct_candidates_pass():
     check_backward(bilinear_sample_backward_literal, "bilinear_sample")
 
 
+# ---- a user's kernels with torchvision's signatures (no refdyn-only keyword) ----
+
+def tv_deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                     dilation=(1, 1), mask=None):
+    """A third-party deform_conv2d: torchvision's signature, refdyn's literal loops inside."""
+    return deform_conv2d_literal(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def tv_deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride=(1, 1),
+                              padding=(0, 0), dilation=(1, 1), mask=None):
+    return deform_conv2d_backward_literal(grad_output, input, offset, weight, bias, stride,
+                                          padding, dilation, mask)
+
+
+def tv_roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """torchvision's roi_align signature: the RoIs are called ``boxes``."""
+    return refdyn.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torchvision_signature_candidates_pass(dtype):
+    check_forward(tv_deform_conv2d, "deform_conv2d", dtypes=(dtype,), max_examples=60,
+                  derandomize=True)
+    check_backward(tv_deform_conv2d_backward, "deform_conv2d", dtypes=(dtype,),
+                   max_examples=60, derandomize=True)
+    check_forward(tv_roi_align, "roi_align", dtypes=(dtype,), max_examples=60, derandomize=True)
+
+
+def test_refdyn_options_reach_only_candidates_that_name_them():
+    seen = []
+
+    def named(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
+              boundary="zeros"):
+        seen.append(boundary)
+        return refdyn.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask,
+                                    boundary=boundary)
+
+    assert run_conformance(named, "deform_conv2d", max_examples=30, derandomize=True).ok
+    assert set(seen) == {"zeros", "border"}
+    # chosen explicitly, a convention is compared without being passed
+    result = run_conformance(tv_deform_conv2d_backward, "deform_conv2d", "backward",
+                             coord_grads=("mmcv",), offset_kinds=("zero",), max_examples=20,
+                             derandomize=True)
+    assert not result.ok and "grad_offset" in result.counterexample
+
+
+def swapped_dy_dx(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                  dilation=(1, 1), mask=None):
+    pairs = offset.reshape(offset.shape[0], -1, 2, *offset.shape[2:])[:, :, ::-1]
+    return tv_deform_conv2d(input, pairs.reshape(offset.shape), weight, bias, stride, padding,
+                            dilation, mask)
+
+
+def clipped_offsets(input, offset, weight, bias=None, stride=(1, 1), padding=(0, 0),
+                    dilation=(1, 1), mask=None):
+    return tv_deform_conv2d(input, np.clip(offset, -1, 1), weight, bias, stride, padding,
+                            dilation, mask)
+
+
+def batch_index_off_by_one(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                           aligned=False):
+    moved = boxes.copy()
+    moved[:, 0] = (moved[:, 0] + 1) % input.shape[0]
+    return tv_roi_align(input, moved, output_size, spatial_scale, sampling_ratio, aligned)
+
+
+@pytest.mark.parametrize("candidate,operator,shrunk", [
+    (swapped_dy_dx, "deform_conv2d", "in_channels=1, out_channels=1"),
+    (clipped_offsets, "deform_conv2d", "in_channels=1, out_channels=1"),
+    (batch_index_off_by_one, "roi_align", "batch=2, channels=1")])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_planted_bugs_in_torchvision_signature_candidates_are_caught(candidate, operator,
+                                                                      shrunk, dtype):
+    with pytest.raises(AssertionError) as failure:
+        check_forward(candidate, operator, dtypes=(dtype,), max_examples=200, derandomize=True)
+    message = str(failure.value)
+    assert f"forward of {operator} disagrees" in message and shrunk in message
+
+
+def test_float32_samples_within_rounding_of_a_jump_are_excused_and_counted():
+    """Integer RoIs crossing the edges put RoIAlign samples exactly on x = -1 or x = W; a
+    correct kernel that computes the grid in float32 lands on either side.  Such a candidate
+    (refdyn with every sample moved by 2**-20 of a pixel, a few float32 roundings) passes,
+    the elements are counted, and the same candidate with a bug still fails."""
+    def rounded_grid(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                     aligned=False):
+        moved = rois.astype(np.float64) - np.array([0, 1, 1, 1, 1]) * 2.0 ** -20
+        return refdyn.roi_align(input.astype(np.float64), moved, output_size, spatial_scale,
+                                sampling_ratio, aligned).astype(input.dtype)
+
+    result = run_conformance(rounded_grid, "roi_align", dtypes=("float32",),
+                             roi_kinds=("integer_edges",), max_examples=300, derandomize=True)
+    assert result.ok and result.examples == 300 and result.near_jumps > 0
+    assert result.max_abs_error < 1e-5
+
+    def rounded_and_wrong(**arguments):
+        return rounded_grid(**arguments) * 1.01
+
+    assert not run_conformance(rounded_and_wrong, "roi_align", dtypes=("float32",),
+                               roi_kinds=("integer_edges",), max_examples=300,
+                               derandomize=True).ok
+
+
 def clamps_minus_one(input, offset, weight, bias=None, stride=1, padding=0, dilation=1,
                      mask=None, boundary="zeros"):
     """A kernel with a planted boundary bug: a sample exactly at y = -1 reads row 0."""

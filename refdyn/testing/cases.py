@@ -60,17 +60,21 @@ def scaled_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))
 
 
+def tolerance(expected, dtype) -> np.ndarray:
+    """atol * max(1, max|expected|) + rtol * |expected|, element by element."""
+    rtol, atol = TOLERANCES[np.dtype(dtype)]
+    expected = np.asarray(expected, dtype=np.float64)
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    return atol * scale + rtol * np.abs(expected)
+
+
 def close_enough(actual, expected, dtype) -> bool:
     """|actual - expected| <= atol * max(1, max|expected|) + rtol * |expected| everywhere."""
-    rtol, atol = TOLERANCES[np.dtype(dtype)]
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape:
         return False
-    if expected.size == 0:
-        return True
-    scale = max(1.0, float(np.max(np.abs(expected))))
-    return bool(np.all(np.abs(actual - expected) <= atol * scale + rtol * np.abs(expected)))
+    return bool(np.all(np.abs(actual - expected) <= tolerance(expected, dtype)))
 
 
 def mismatch_report(name: str, actual, expected, dtype) -> str:

@@ -7,7 +7,11 @@ operator does not use are ignored.  :func:`make_case` turns it into a
 RoI kinds (``roi_kind``), in image coordinates (feature size / spatial_scale):
 ``"inside"`` (at most half a pixel beyond the far edge), ``"partly_outside"``, ``"outside"`` (wholly beyond the image), ``"zero_size"``
 (x1 = x2, y1 = y2), ``"integer"`` (integer corners inside: with zero offsets, DCNv1 samples lie
-exactly on the kinks), ``"mixed"`` (one of each, in turn).  ``rois = 0`` gives an empty RoI list.
+exactly on the kinks), ``"mixed"`` (one of each of those, in turn), ``"integer_edges"``
+(integer corners from beyond the top-left to beyond the bottom-right edge: RoIAlign samples
+land exactly on the x = -1 and x = W lines where the sampling rule jumps), ``"tiny"`` (sides
+below one feature-map pixel), ``"inverted"`` (x2 < x1 and y2 < y1, a negative size) and
+``"duplicated"`` (one inside RoI repeated).  ``rois = 0`` gives an empty RoI list.
 
 Offset kinds (``offset_kind``): ``"kink_free"`` moves every bin so that all its samples keep
 :data:`KINK_FREE_MARGIN` from the kinks (integers; also half-integers, the skip lines, for the
@@ -17,6 +21,7 @@ offsets, anywhere, kinks included).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +34,9 @@ ROI_OPERATORS = ("roi_align", "ps_roi_align", "deform_roi_align", "deform_roi_po
                  "deform_ps_roi_pool")
 #: The RoIAlign operators with neither offsets nor mask (torchvision's).
 ALIGN_WITHOUT_OFFSETS = ("roi_align", "ps_roi_align")
-ROI_KINDS = ("inside", "partly_outside", "outside", "zero_size", "integer", "mixed")
+#: The kinds ``"mixed"`` cycles through.
+MIXED_KINDS = ("inside", "partly_outside", "outside", "zero_size", "integer")
+ROI_KINDS = MIXED_KINDS + ("mixed", "integer_edges", "tiny", "inverted", "duplicated")
 OFFSET_KINDS = ("kink_free", "zero", "normal")
 KINK_FREE_OFFSET_KINDS = ("kink_free",)
 KINK_FREE_MARGIN = 0.02
@@ -63,19 +70,27 @@ class RoIPoolConfig(Config):
     classes: int = 1
     part_size: int = 0
     sample_per_part: int = 2
+    coord_grad: str = "torchvision"
     dtype: str = "float64"
     seed: int = 0
 
 
 def make_rois(kind: str, count: int, batch: int, height: float, width: float,
-              rng: np.random.Generator) -> np.ndarray:
-    """(count, 5) RoIs of one kind (see the module docstring) for an image of height x width."""
+              rng: np.random.Generator, pixel: float = 1.0) -> np.ndarray:
+    """(count, 5) RoIs of one kind (see the module docstring) for an image of height x width
+    whose feature-map pixel is ``pixel`` image units (1 / spatial_scale)."""
+    if kind == "duplicated":
+        return np.repeat(make_rois("inside", min(count, 1), batch, height, width, rng), count, 0)
     rows = []
     for k in range(count):
-        this = ROI_KINDS[k % (len(ROI_KINDS) - 1)] if kind == "mixed" else kind
-        if this == "inside":
+        this = MIXED_KINDS[k % len(MIXED_KINDS)] if kind == "mixed" else kind
+        if this in ("inside", "tiny", "inverted"):
             x1, y1 = rng.uniform(0, width / 2), rng.uniform(0, height / 2)
             x2, y2 = x1 + rng.uniform(0.5, 0.5 + width / 2), y1 + rng.uniform(0.5, 0.5 + height / 2)
+            if this == "tiny":
+                x2, y2 = x1 + rng.uniform(0, pixel), y1 + rng.uniform(0, pixel)
+            elif this == "inverted":
+                x1, x2, y1, y2 = x2, x1, y2, y1
         elif this == "partly_outside":
             x1, y1 = rng.uniform(-width / 2, width / 2), rng.uniform(-height / 2, height / 2)
             x2, y2 = x1 + rng.uniform(width / 2, width), y1 + rng.uniform(height / 2, height)
@@ -88,6 +103,10 @@ def make_rois(kind: str, count: int, batch: int, height: float, width: float,
         elif this == "integer":
             x1, y1 = int(rng.integers(0, width // 2 + 1)), int(rng.integers(0, height // 2 + 1))
             x2, y2 = x1 + int(rng.integers(1, width // 2 + 2)), y1 + int(rng.integers(1, height // 2 + 2))
+        elif this == "integer_edges":
+            x1 = int(rng.integers(-int(width) // 2 - 2, int(width) + 1))
+            y1 = int(rng.integers(-int(height) // 2 - 2, int(height) + 1))
+            x2, y2 = x1 + int(rng.integers(0, int(width) + 3)), y1 + int(rng.integers(0, int(height) + 3))
         else:
             raise ValueError(f"roi_kind must be one of {ROI_KINDS}, got {kind!r}")
         rows.append([rng.integers(0, batch), x1, y1, x2, y2])
@@ -111,12 +130,14 @@ def kink_free_shift(coords: np.ndarray, period: float, margin: float,
     return float(-t + rng.integers(-1, 2) * period)
 
 
-def _kink_free_offsets(grids, pooled, period, rng, cells=None, classes=1):
+def _kink_free_offsets(grids, pooled, period, rng, cells=None, classes=1, cell_counts=None):
     """Normalized offsets (R, 2 * classes, C_h, C_w) moving each bin (or each offset cell, which
-    moves every bin mapped to it) kink-free; channel order (y, x) per class."""
+    moves every bin mapped to it) kink-free; channel order (y, x) per class.  cell_counts:
+    (C_h, C_w) when there are more offset cells than bins reach (those move no sample)."""
     cells_h = np.arange(pooled[0]) if cells is None else cells
     cells_w = np.arange(pooled[1]) if cells is None else cells
-    shape = (len(grids), 2 * classes, int(cells_h.max()) + 1, int(cells_w.max()) + 1)
+    shape = (len(grids), 2 * classes) + (cell_counts or (int(cells_h.max()) + 1,
+                                                         int(cells_w.max()) + 1))
     offsets = np.zeros(shape)
     for r, grid in enumerate(grids):
         for c in range(classes):
@@ -146,7 +167,7 @@ def make_case(config: RoIPoolConfig) -> Case:
         in_channels = config.channels * pooled[0] * pooled[1]
     scale = config.spatial_scale
     rois = make_rois(config.roi_kind, config.rois, max(config.batch, 1), config.height / scale,
-                     config.width / scale, rng)
+                     config.width / scale, rng, 1 / scale)
     arrays = {"input": rng.standard_normal((config.batch, in_channels, config.height, config.width)),
               "rois": rois}
     if op == "deform_ps_roi_pool":
@@ -183,7 +204,7 @@ def make_case(config: RoIPoolConfig) -> Case:
         if config.with_offset:
             if config.offset_kind == "kink_free":
                 offset = _kink_free_offsets(grids, pooled, period, rng, cells,
-                                            config.classes if ps else 1)
+                                            config.classes if ps else 1, offset_shape[2:])
             elif config.offset_kind == "zero":
                 offset = np.zeros(offset_shape)
             elif config.offset_kind == "normal":
@@ -202,9 +223,46 @@ def make_case(config: RoIPoolConfig) -> Case:
     return Case(arrays={name: None if value is None else value.astype(dtype)
                         for name, value in arrays.items()},
                 params=params, grad_output=grad_output.astype(dtype),
+                backward_params={"coord_grad": config.coord_grad} if op == "deform_roi_align"
+                else {},
                 description=config.describe(),
-                kink_free=config.offset_kind in KINK_FREE_OFFSET_KINDS
+                # mmcv's offset-gradient rule is not the derivative where a sample is clamped
+                kink_free=(config.offset_kind in KINK_FREE_OFFSET_KINDS
+                           and not (op == "deform_roi_align" and config.coord_grad == "mmcv"))
                 or op in ALIGN_WITHOUT_OFFSETS or not config.with_offset)
+
+
+#: How far :func:`rounding_neighbours` moves every sample, in units of the dtype's rounding of
+#: the largest RoI coordinate: more than the few roundings a kernel's grid arithmetic makes,
+#: far less than any sample spacing.
+ROUNDING_UNITS = 32
+
+
+def rounding_neighbours(case: Case) -> list[Case]:
+    """``case`` with its RoIs translated by +-d along each axis (four cases), d =
+    ROUNDING_UNITS units of the dtype's rounding of the largest feature-map coordinate.
+
+    RoIAlign samples jump from the edge pixel to 0 where they cross x = -1 or x = W (and the
+    Eq. 5 bins are translated with their RoI); a kernel that computes the grid in its own
+    dtype can land on the other side of such a line.  A translation moves every sample by d
+    without changing a RoI's size (d is a power of two, so corners stored in the dtype move
+    exactly), so the adaptive grid and the bins stay the same.  The
+    official rules round RoI corners, which a translation would move across a rounding
+    boundary, so deform_ps_roi_pool has no neighbours (its grid is exact for integer and
+    half-integer corners)."""
+    rois = case.arrays["rois"]
+    if case.params.get("output_dim") is not None or rois.size == 0:
+        return []
+    scale = float(case.params["spatial_scale"])
+    largest = max(1.0, float(np.max(np.abs(rois[:, 1:]))) * scale)
+    step = ROUNDING_UNITS * float(np.finfo(rois.dtype).eps) * largest / scale
+    step = 2.0 ** math.ceil(math.log2(step))    # a power of two keeps grid-aligned sizes exact
+    neighbours = []
+    for dy in (-step, step):
+        for dx in (-step, step):
+            moved = rois.astype(np.float64) + [0.0, dx, dy, dx, dy]
+            neighbours.append(case.with_arrays(rois=moved.astype(rois.dtype)))
+    return neighbours
 
 
 def _examples(operator: str, thorough: bool, **extra) -> list[RoIPoolConfig]:

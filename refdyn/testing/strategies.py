@@ -77,7 +77,9 @@ def deform_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
 @st.composite
 def bilinear_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
                             kink_free: bool = False, point_kinds: Sequence[str] = POINT_KINDS,
-                            max_extent: int = 6) -> BilinearConfig:
+                            max_extent: int = 6,
+                            boundaries: Sequence[str] = ("zeros", "border"),
+                            coord_grads: Sequence[str] = ("torchvision", "mmcv")) -> BilinearConfig:
     """Valid ``bilinear_sample`` configurations: image sizes from 1 x 1, points of every kind,
     both boundary rules and both offset-gradient rules."""
     if kink_free:
@@ -86,8 +88,8 @@ def bilinear_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float3
         channels=draw(st.sampled_from([1, 2, 3, 0])),
         height=draw(st.integers(1, max_extent)), width=draw(st.integers(1, max_extent)),
         points=draw(st.integers(1, 8)), point_kind=draw(st.sampled_from(tuple(point_kinds))),
-        boundary=draw(st.sampled_from(("zeros", "border"))),
-        coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
+        boundary=draw(st.sampled_from(tuple(boundaries))),
+        coord_grad=draw(st.sampled_from(tuple(coord_grads))),
         dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
 
 
@@ -95,7 +97,8 @@ def bilinear_sample_configs(draw, *, dtypes: Sequence[str] = ("float64", "float3
 def active_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"),
                           kink_free: bool = False, position_kinds: Sequence[str] = OFFSET_KINDS,
                           max_batch: int = 2, max_extent: int = 7,
-                          boundaries: Sequence[str] = ("zeros", "border")) -> ActiveConvConfig:
+                          boundaries: Sequence[str] = ("zeros", "border"),
+                          coord_grads: Sequence[str] = ("torchvision", "mmcv")) -> ActiveConvConfig:
     """Valid ``active_conv2d`` configurations: kernel, stride, padding, groups and position
     groups (1, 2 or one per output channel), positions of every kind, both boundary rules."""
     if kink_free:
@@ -118,7 +121,7 @@ def active_conv2d_configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"
         position_kind=draw(st.sampled_from(tuple(position_kinds))),
         position_scale=draw(st.sampled_from((0.5, 2.0, 4.0))),
         boundary=draw(st.sampled_from(tuple(boundaries))),
-        coord_grad=draw(st.sampled_from(("torchvision", "mmcv"))),
+        coord_grad=draw(st.sampled_from(tuple(coord_grads))),
         dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
 
 
@@ -152,12 +155,16 @@ def _roi_pool_configs(operator: str):
     @st.composite
     def configs(draw, *, dtypes: Sequence[str] = ("float64", "float32"), kink_free: bool = False,
                 roi_kinds: Sequence[str] = ROI_KINDS, offset_kinds: Sequence[str] = ROI_OFFSET_KINDS,
-                max_rois: int = 4, max_extent: int = 7) -> RoIPoolConfig:
+                max_rois: int = 4, max_extent: int = 7,
+                coord_grads: Sequence[str] = ("torchvision", "mmcv")) -> RoIPoolConfig:
         """Valid configurations: every RoI kind (empty RoI lists included), 1 to 3 bins per
         axis, fixed and adaptive sampling, optional offsets and mask, offsets of every kind
-        (kink-free ones only with ``kink_free``)."""
+        (kink-free ones only with ``kink_free``), both offset-gradient rules of
+        deform_roi_align (only the derivative, ``"torchvision"``, with ``kink_free``: mmcv's
+        rule is not the derivative where a sample is clamped)."""
         if kink_free:
             offset_kinds = [kind for kind in offset_kinds if kind in ROI_KINK_FREE_OFFSET_KINDS]
+            coord_grads = [rule for rule in coord_grads if rule == "torchvision"]
         output_dim = draw(st.integers(1, 2))
         return RoIPoolConfig(
             operator=operator,
@@ -173,6 +180,7 @@ def _roi_pool_configs(operator: str):
             gamma=draw(st.sampled_from((0.1, 0.5))), group_size=draw(st.integers(1, 2)),
             classes=draw(st.sampled_from([1, output_dim])), part_size=draw(st.integers(0, 2)),
             sample_per_part=draw(st.integers(1, 2)),
+            coord_grad=draw(st.sampled_from(tuple(coord_grads))),
             dtype=draw(st.sampled_from(tuple(dtypes))), seed=draw(st.integers(0, 2**16)))
 
     configs.__name__ = f"{operator}_configs"
