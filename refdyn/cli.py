@@ -18,6 +18,7 @@ convention differences apart, and exits with 1 on any real disagreement
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -30,7 +31,7 @@ from .bench import add_arguments as add_bench_arguments, command_bench
 from .checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
 from .registry import BACKENDS, OPERATORS, REFERENCE_BACKEND, Operator, load
-from .testing.targets import DEFAULT_EXAMPLES, TARGETS
+from .testing.targets import DEFAULT_EXAMPLES, DEFAULT_TIME_LIMIT, TARGETS
 
 #: Entries per input the finite-difference check perturbs on the slow (non-reference) backends.
 FD_ENTRIES_SLOW_BACKENDS = 6
@@ -153,9 +154,16 @@ def command_check(args) -> int:
 
 
 def command_validate(args) -> int:
-    from .validate import format_text, validate, write_reports   # needs hypothesis
+    from .validate import JOURNAL_FILE_VARIABLE, format_matrix, format_text, validate, \
+        validate_all, write_matrix, write_reports   # needs hypothesis
 
-    report = validate(TARGETS[args.target], args.max_examples)
+    if args.target == "all":
+        reports = validate_all(args.max_examples, args.time_limit)
+        print(format_matrix(reports))
+        write_matrix(reports, args.json, args.markdown)
+        return 1 if any(report.failed for report in reports) else 0
+    report = validate(TARGETS[args.target], args.max_examples,
+                      os.environ.get(JOURNAL_FILE_VARIABLE))
     print(format_text(report))
     write_reports(report, args.json, args.markdown)
     return 1 if report.disagreements else 0
@@ -174,9 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=command_check)
     validate = commands.add_parser(
         "validate", help="compare another implementation with refdyn (conformance report)")
-    validate.add_argument("target", choices=sorted(TARGETS))
+    validate.add_argument("target", choices=["all", *sorted(TARGETS)],
+                          help="a framework, or all: every installed one, each isolated")
     validate.add_argument("--max-examples", type=int, default=DEFAULT_EXAMPLES,
                           help=f"examples per configuration class (default {DEFAULT_EXAMPLES})")
+    validate.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                          help=f"with all: seconds per framework before it counts as hung "
+                               f"(default {DEFAULT_TIME_LIMIT})")
     validate.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     validate.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
     validate.set_defaults(run=command_validate)

@@ -1,8 +1,10 @@
 """``refdyn validate TARGET``: the report, its files, exit status, known differences kept
 apart, and the not-installed path."""
 
+import dataclasses
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -137,18 +139,23 @@ def test_torchvision_suites_cover_issue_7_without_building_candidates():
     assert all(suite.classes for suite in suites)
 
 
-def test_zero_size_adaptive_ps_roi_align_configs_are_left_out():
+def test_adaptive_rois_without_samples_are_left_out():
     from refdyn.testing.roi_cases import RoIPoolConfig
 
     def config(**kwargs):
         return RoIPoolConfig(operator="ps_roi_align", **kwargs)
 
-    excluded = targets.empty_adaptive_ps_roi_align
+    excluded = targets.adaptive_rois_without_samples("ps_roi_align")
     assert excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=0))
+    assert excluded("ps_roi_align", config(roi_kind="inverted", sampling_ratio=0))
     assert not excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=2))
     assert not excluded("ps_roi_align", config(roi_kind="inside", sampling_ratio=0))
     assert not excluded("ps_roi_align", config(roi_kind="zero_size", sampling_ratio=0, rois=0))
     assert not excluded("roi_align", config(roi_kind="zero_size", sampling_ratio=0))
+    aligned_roi_align = targets.adaptive_rois_without_samples("roi_align")
+    roi_align_config = RoIPoolConfig(operator="roi_align", roi_kind="inverted", sampling_ratio=0)
+    assert aligned_roi_align("roi_align", roi_align_config)
+    assert not aligned_roi_align("roi_align", dataclasses.replace(roi_align_config, aligned=False))
 
 
 def fake_torchvision(monkeypatch):
@@ -200,3 +207,117 @@ def test_torchvision_ps_roi_align_suites_run_through_a_stand_in(monkeypatch, cap
     assert all(c["examples"] >= 1 for c in report["classes"])
     known = output.split("Known convention differences")[1]
     assert "0 NaN of 8 outputs, refdyn 0 (all 0)" in known     # the stand-in divides like refdyn
+
+
+# ---- refdyn validate all: isolation, the matrix ----
+
+def worker(tmp_path, body: str):
+    """A worker process that writes its progress file, runs ``body``, then writes its report:
+    (command, progress file, report file)."""
+    import sys
+
+    progress, report = str(tmp_path / "progress"), str(tmp_path / "report.json")
+    code = (f"open({progress!r}, 'w').write('configuration X')\n{body}\n"
+            f"open({report!r}, 'w').write('{{}}')")
+    return [sys.executable, "-c", code], progress, report
+
+
+def test_a_hanging_framework_call_is_killed_and_reported(tmp_path):
+    import time
+
+    from refdyn.validate import _run_worker
+
+    command, progress, report = worker(tmp_path, "import time\ntime.sleep(60)")
+    started = time.monotonic()
+    problem = _run_worker(command, {}, progress, 1.5, report)
+    assert problem.startswith("hung: no answer for 1.5 s") and time.monotonic() - started < 30
+    assert open(progress).read() == "configuration X"
+
+
+def test_a_crashing_framework_is_reported_with_its_exit_status(tmp_path):
+    from refdyn.validate import _run_worker
+
+    command, progress, report = worker(tmp_path, "import os\nos.abort()")
+    assert _run_worker(command, {}, progress, 30, report).startswith("crashed (exit status -6)")
+    command, progress, report = worker(tmp_path, "print('fine')")
+    assert _run_worker(command, {}, progress, 30, report) is None
+
+
+def test_a_framework_allocating_without_bound_fails_inside_its_memory_limit(tmp_path):
+    from refdyn.validate import WORKER_MEMORY, _run_worker
+
+    command, progress, report = worker(tmp_path, f"block = bytearray({WORKER_MEMORY + (1 << 30)})")
+    assert "MemoryError" in _run_worker(command, {}, progress, 30, report)
+
+
+def test_validate_all_reports_every_target_and_the_matrix(monkeypatch, tmp_path, capsys):
+    from refdyn import validate
+
+    missing = Target("missing", "needs a module that does not exist", ("refdyn_no_such_module",),
+                     "pip install refdyn-no-such-module", lambda: [])
+    planted = planted_target(1e-3)
+
+    def fake_worker(name, max_examples, time_limit):
+        report = validate.validate(targets.TARGETS[name], max_examples)
+        if name == "crashing":
+            report.failure = "crashed (exit status -11)\n  while running: configuration X"
+        return report
+
+    monkeypatch.setattr(targets, "TARGETS", {"missing": missing, "planted": planted,
+                                             "crashing": Target("crashing", "crashes", (), "",
+                                                                lambda: [])})
+    monkeypatch.setattr(validate, "TARGETS", targets.TARGETS)
+    monkeypatch.setattr(validate, "_worker_report", fake_worker)
+    status = cli.main(["validate", "all", "--max-examples", "5", "--json",
+                       str(tmp_path / "all.json"), "--markdown", str(tmp_path / "all.md")])
+    output = capsys.readouterr().out
+    assert status == 1
+    assert "Not run: not installed (refdyn_no_such_module): pip install refdyn-no-such-module" in output
+    assert "CRASHED OR HUNG" in output and "configuration X" in output
+    assert "DISAGREES: deform_conv2d forward, kinks, float64" in output
+    assert output.rstrip().endswith("1 with real disagreements")
+    assert "FAILED (planted, crashing)" in output
+    reports = json.loads((tmp_path / "all.json").read_text())
+    assert [report["status"] for report in reports] == ["not installed", "disagreements",
+                                                        "crashed or hung"]
+    markdown = (tmp_path / "all.md").read_text()
+    assert markdown.startswith("# Conformance of other frameworks with refdyn")
+    assert re.search(r"\| deform_conv2d \| planted \| forward \| kinks, float64 \| \d+ \| 0 \| "
+                     r"1\.00e-03 \|", markdown)
+
+
+def test_rejected_inputs_are_counted_not_compared():
+    from refdyn.testing.conformance import run_conformance
+
+    def refuses_one_pixel(input, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=False):
+        if input.shape[-1] == 1:
+            raise RuntimeError("width 1 is not supported")
+        return refdyn.roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+
+    result = run_conformance(refuses_one_pixel, "roi_align", max_examples=60, derandomize=True,
+                             rejections_allowed=True)
+    assert result.ok and 0 < result.rejected < result.examples
+    assert "RuntimeError: width 1 is not supported" in result.rejection
+    assert not run_conformance(refuses_one_pixel, "roi_align", max_examples=60,
+                               derandomize=True).ok
+
+
+@pytest.mark.parametrize("name,measured", [
+    ("paddle", ["nan", "std::bad_alloc", "[[0.64, 0.16], [0.16, 0.04]]", "by up to 3.46"]),
+    ("openvino", ["nan", "comes back as 1.0", "masked to 0, max |error| "]),
+    ("torchvision", ["8 NaN of 8 outputs"])])
+def test_cpu_framework_targets_agree_and_measure_their_defects(name, measured, capsys):
+    """The installed framework agrees on every class, and each documented convention and
+    defect is measured again on this version (the probes print what they found)."""
+    target = targets.TARGETS[name]
+    if target.problem():
+        pytest.skip(f"{name}: {target.problem()}")
+    status = cli.main(["validate", name, "--max-examples", "4"])
+    output = capsys.readouterr().out
+    assert status == 0, output
+    known = output.split("Known convention differences")[1]
+    for text in measured:
+        assert text in known, known
+    if name == "openvino":      # the unpadded rule is refdyn's border rule, masked outside
+        assert float(known.split("masked to 0, max |error| ")[1].split()[0]) < 1e-5

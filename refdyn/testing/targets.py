@@ -10,6 +10,7 @@ they are reported apart from the suites.  A further target plugs in by adding to
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -22,6 +23,8 @@ from .adapters import onnx_deform_conv_attributes, onnx_roi_align_inputs
 DEFORM_CONV_OPSET, ROI_ALIGN_OPSET = 19, 16
 #: Examples ``refdyn validate`` draws per configuration class unless told otherwise.
 DEFAULT_EXAMPLES = 100
+#: Seconds one framework call may take in ``refdyn validate all`` before it is reported as hung.
+DEFAULT_TIME_LIMIT = 60
 
 
 @dataclass(frozen=True)
@@ -46,12 +49,15 @@ class Suite:
 class KnownDifference:
     """A documented convention difference; ``probe()`` measures it and returns one line.
     ``excludes(operator, config)`` names the configurations the difference affects, which the
-    target's suites leave out (None: it affects none of them)."""
+    target's suites leave out (None: it affects none of them).  ``reproduce``: for a defect,
+    the operator and the strategy knobs that draw its configurations, so that ``refdyn
+    validate`` shrinks a minimal reproducer (None: none, e.g. one that would crash the worker)."""
 
     name: str
     source: str
     probe: Callable[[], str]
     excludes: Optional[Callable[[str, object], bool]] = None
+    reproduce: Optional[tuple[str, dict]] = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,11 @@ class Target:
     def problem(self) -> Optional[str]:
         """Why the target cannot run here (a module is missing), or None."""
         return not_installed(self.modules, self.install)
+
+    def versions(self) -> dict[str, str]:
+        """The version of each module the target runs (its ``__version__``)."""
+        return {name: str(getattr(importlib.import_module(name), "__version__", "unknown"))
+                for name in self.modules}
 
 
 def not_installed(modules, install: str) -> Optional[str]:
@@ -90,7 +101,15 @@ DEFORM_CONV_KINDS = {"interior samples (fractional offsets off the kinks)": ("ki
 ROI_ALIGN_KINDS = {"interior samples": ("inside",),
                    "border samples": ("partly_outside", "zero_size"),
                    "kinks (integer RoIs)": ("integer",),
+                   "integer RoIs across the edges (samples on x = -1, W)": ("integer_edges",),
+                   "tiny, inverted and duplicated RoIs": ("tiny", "inverted", "duplicated"),
                    "far out-of-range": ("outside",)}
+#: deform_ps_roi_pool configuration classes (the official rules).
+PS_ROI_POOL_KINDS = {"interior samples": ("inside",),
+                     "border samples (skip lines)": ("partly_outside", "zero_size"),
+                     "integer RoIs": ("integer", "integer_edges"),
+                     "tiny, inverted and duplicated RoIs": ("tiny", "inverted", "duplicated"),
+                     "far out-of-range": ("outside",)}
 
 
 # ---- ONNX: one-node models run by ONNX Runtime or the reference evaluator ----
@@ -316,32 +335,45 @@ def torchvision_ps_roi_align_backward() -> Callable:
     return _torchvision_roi_backward("ps_roi_align")
 
 
+def _both_directions(operator: str, forward: Callable[[], Callable],
+                     backward: Callable[[], Callable], classes) -> list[Suite]:
+    """The forward and the backward suite of one operator over the same classes."""
+    return [Suite(operator, "forward", forward, classes),
+            Suite(operator, "backward", backward, classes)]
+
+
 def _torchvision_suites() -> list[Suite]:
     dtypes = ("float32", "float64")
     conv = dict(boundaries=("zeros",), coord_grads=("torchvision",))
-    return [Suite("deform_conv2d", "forward", torchvision_deform_conv2d_forward,
-                  _classes(dtypes, "offset_kinds", DEFORM_CONV_KINDS, **conv)),
-            Suite("deform_conv2d", "backward", torchvision_deform_conv2d_backward,
-                  _classes(dtypes, "offset_kinds", DEFORM_CONV_KINDS, **conv)),
-            Suite("roi_align", "forward", torchvision_roi_align_forward,
-                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
-            Suite("roi_align", "backward", torchvision_roi_align_backward,
-                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
-            Suite("ps_roi_align", "forward", torchvision_ps_roi_align_forward,
-                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
-            Suite("ps_roi_align", "backward", torchvision_ps_roi_align_backward,
-                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS))]
+    rois = _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)
+    return (_both_directions("deform_conv2d", torchvision_deform_conv2d_forward,
+                             torchvision_deform_conv2d_backward,
+                             _classes(dtypes, "offset_kinds", DEFORM_CONV_KINDS, **conv))
+            + _both_directions("roi_align", torchvision_roi_align_forward,
+                               torchvision_roi_align_backward, rois)
+            + _both_directions("ps_roi_align", torchvision_ps_roi_align_forward,
+                               torchvision_ps_roi_align_backward, rois))
 
 
-def empty_adaptive_ps_roi_align(operator: str, config) -> bool:
-    """Whether a ps_roi_align configuration has a RoI of zero width or height with the adaptive
-    grid (sampling_ratio <= 0): no samples, which torchvision divides by a count of 0."""
-    if operator != "ps_roi_align" or config.sampling_ratio > 0 or config.rois == 0:
-        return False
-    from .roi_cases import make_case
+def adaptive_rois_without_samples(*operators: str) -> Callable[[str, object], bool]:
+    """A predicate: whether a configuration of one of ``operators`` has an aligned RoI (no size
+    clamp: ps_roi_align, or roi_align with aligned) whose width or height is <= 0 (zero-size or
+    inverted) with the adaptive grid (sampling_ratio <= 0): ceil(size / P) <= 0 samples, which
+    some kernels divide by (0 / 0 = NaN) or allocate from."""
+    def without_samples(operator: str, config) -> bool:
+        aligned = operator == "ps_roi_align" or (operator == "roi_align" and config.aligned)
+        if operator not in operators or not aligned or config.sampling_ratio > 0 \
+                or config.rois == 0:
+            return False
+        from .roi_cases import make_case
 
-    rois = make_case(config).arrays["rois"]
-    return bool(np.any((rois[:, 3] == rois[:, 1]) | (rois[:, 4] == rois[:, 2])))
+        rois = make_case(config).arrays["rois"]
+        return bool(np.any((rois[:, 3] <= rois[:, 1]) | (rois[:, 4] <= rois[:, 2])))
+    return without_samples
+
+
+#: The knobs that draw RoIs without samples (zero-size and inverted), for shrunk reproducers.
+EMPTY_ROIS = {"roi_kinds": ("zero_size", "inverted")}
 
 
 def _probe_torchvision_ps_roi_align_empty_bins() -> str:
@@ -405,7 +437,7 @@ TARGETS: dict[str, Target] = {
         "torchvision",
         "torchvision.ops deform_conv2d, roi_align and ps_roi_align, forward and backward "
         "(autograd), on CUDA when the installed build has it, else on the CPU",
-        ("torch", "torchvision"), "pip install torch torchvision  (https://pytorch.org)",
+        ("torch", "torchvision"), "pip install 'refdyn[validate]'  (torch and torchvision, a pair that loads together)",
         _torchvision_suites,
         lambda: [
             KnownDifference(
@@ -413,10 +445,110 @@ TARGETS: dict[str, Target] = {
                 "derivative (refdyn coord_grad='torchvision'; mmcv and DCNv2 return 0)",
                 "pytorch/vision issue 6885", _probe_torchvision_offset_gradient),
             KnownDifference(
-                "torchvision ps_roi_align pools a RoI of zero width or height with adaptive "
-                "sampling to NaN (0 / 0); refdyn pools it to 0 as roi_align does (such "
-                "ps_roi_align configurations are left out of the classes above)",
+                "torchvision ps_roi_align pools a RoI of zero or negative width or height with "
+                "adaptive sampling to NaN (0 / 0); refdyn pools it to 0 as roi_align does "
+                "(such ps_roi_align configurations are left out of the classes above)",
                 "torchvision/csrc/ops/cpu/ps_roi_align_kernel.cpp divides by "
                 "roi_bin_grid_h * roi_bin_grid_w without roi_align's max(count, 1)",
-                _probe_torchvision_ps_roi_align_empty_bins, empty_adaptive_ps_roi_align)]),
+                _probe_torchvision_ps_roi_align_empty_bins,
+                adaptive_rois_without_samples("ps_roi_align"), ("ps_roi_align", EMPTY_ROIS))]),
 }
+
+
+def _paddle_suites() -> list[Suite]:
+    from . import framework_targets as paddle
+
+    dtypes = ("float32", "float64")
+    conv = dict(boundaries=("zeros",), coord_grads=("mmcv",))
+    return (_both_directions("deform_conv2d", lambda: paddle.paddle_deform_conv2d,
+                             lambda: paddle.paddle_deform_conv2d_backward,
+                             _classes(dtypes, "offset_kinds", DEFORM_CONV_KINDS, **conv))
+            + _both_directions("roi_align", lambda: paddle.paddle_roi_align,
+                               lambda: paddle.paddle_roi_align_backward,
+                               _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)))
+
+
+def _paddle_known_differences() -> list[KnownDifference]:
+    from . import framework_targets as paddle
+
+    return [
+        KnownDifference(
+            "convention: Paddle's deform_conv2d offset gradient is mmcv's (0 where a sampling "
+            "coordinate is exactly -1; refdyn coord_grad='mmcv', which the classes above use)",
+            "paddle/phi/kernels/impl/deformable_conv_grad_kernel_impl.h returns 0 for "
+            "h <= -1 or h >= H", paddle.probe_paddle_offset_gradient),
+        KnownDifference(
+            "defect: Paddle's roi_align pools an aligned RoI of zero width or height with "
+            "adaptive sampling to NaN (0 / 0); such configurations are left out above",
+            "measured; refdyn and torchvision average no samples to 0",
+            paddle.probe_empty_aligned_roi(paddle.paddle_roi_align),
+            adaptive_rois_without_samples("roi_align"),
+            ("roi_align", {"roi_kinds": ("zero_size",), "dtypes": ("float64",)})),
+        KnownDifference(
+            "defect: Paddle's roi_align allocates without bound (and so crashes or exhausts "
+            "the memory) on an inverted aligned RoI (x2 < x1 or y2 < y1) with adaptive "
+            "sampling; such configurations are left out above (with the zero-size ones)",
+            "measured in a worker process limited to 6 GiB",
+            paddle.probe_paddle_inverted_roi),
+        KnownDifference(
+            "defect: Paddle's roi_align backward clamps the RoI size to >= 1 pixel even when "
+            "aligned (its forward does not), so for an aligned RoI with a side below one pixel "
+            "it is not the gradient of the forward; such configurations are left out above",
+            "measured against the transpose of Paddle's own forward",
+            paddle.probe_paddle_aligned_backward, paddle.aligned_roi_below_one_pixel,
+            ("roi_align", {"roi_kinds": ("tiny",), "dtypes": ("float64",)}))]
+
+
+def _openvino_suites() -> list[Suite]:
+    from . import framework_targets as openvino
+
+    dtypes = ("float32",)
+    return [Suite("deform_conv2d", "forward", lambda: openvino.openvino_deform_conv2d,
+                  _classes(dtypes, "offset_kinds", DEFORM_CONV_KINDS, boundaries=("zeros",))),
+            Suite("deform_ps_roi_pool", "forward", lambda: openvino.openvino_deform_ps_roi_pool,
+                  _classes(dtypes, "roi_kinds", PS_ROI_POOL_KINDS)),
+            Suite("roi_align", "forward", lambda: openvino.openvino_roi_align,
+                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS))]
+
+
+def _openvino_known_differences() -> list[KnownDifference]:
+    from . import framework_targets as openvino
+
+    return [
+        KnownDifference(
+            "the CPU plugin computes float64 models in float32",
+            "measured: INFERENCE_PRECISION_HINT f32, a float64 model's layers run in f32",
+            openvino.probe_openvino_float64),
+        KnownDifference(
+            "convention: DeformableConvolution-8 with bilinear_interpolation_pad=False (and "
+            "DeformableConvolution-1) reads 0 for a sample outside [0, H) x [0, W) and, inside, "
+            "clamps it to [0, H - 1] x [0, W - 1] (the last row and column strip read the edge "
+            "pixel): refdyn's boundary='border' times the indicator of [0, H) x [0, W), one-sided "
+            "(above and left of the image 0 at once, below and right a pixel's strip of edge). "
+            "The operation's specification says a point within one pixel outside is shifted to "
+            "the inner boundary; none is: outside points read 0",
+            "measured on this version; the specification of DeformableConvolution-8",
+            openvino.probe_openvino_unpadded_rule),
+        KnownDifference(
+            "DeformablePSROIPooling pools group_size x group_size bins (no pooled_size); "
+            "configurations with pooled_size != group_size are left out above",
+            "OpenVINO DeformablePSROIPooling-1 specification", lambda: "by construction",
+            openvino.pooled_size_is_not_group_size),
+        KnownDifference(
+            "defect: ROIAlign-9 (half_pixel_for_nn) pools an aligned RoI of zero or negative "
+            "width or height with adaptive sampling to NaN; such configurations are left out "
+            "above", "measured; refdyn and torchvision average no samples to 0",
+            openvino.probe_empty_aligned_roi(openvino.openvino_roi_align),
+            adaptive_rois_without_samples("roi_align"),
+            ("roi_align", {**EMPTY_ROIS, "dtypes": ("float32",)}))]
+
+
+TARGETS["paddle"] = Target(
+    "paddle", "PaddlePaddle CPU: paddle.vision.ops deform_conv2d (forward, every gradient) and "
+    "roi_align (forward, input gradient)", ("paddle",),
+    "pip install 'refdyn[validate]'  (paddlepaddle)", _paddle_suites, _paddle_known_differences)
+TARGETS["openvino"] = Target(
+    "openvino", "OpenVINO CPU plugin, forward: DeformableConvolution-8 (bilinear_interpolation_pad"
+    " true), DeformablePSROIPooling-1, ROIAlign-9 (asymmetric, half_pixel_for_nn); float32",
+    ("openvino",), "pip install 'refdyn[validate]'  (openvino)", _openvino_suites,
+    _openvino_known_differences)
