@@ -83,8 +83,9 @@ class Operator:
     options: the refdyn-only arguments (:class:`Option`), which a candidate of another
     implementation need not accept;
     rounding_neighbours: for an operator whose output jumps where a sample crosses a rule line
-    (RoI samples at x = -1 or W), case -> the cases with every sample moved by a few units of
-    the dtype's rounding each way; refdyn.testing accepts an element that matches one of them.
+    (RoI samples at x = -1 or W), case -> pairs of cases with every sample moved by d and 2 d
+    (a few units of the dtype's rounding) in each direction; refdyn.testing accepts an element
+    that matches the one-sided limit they extrapolate to.
     """
 
     name: str

@@ -436,4 +436,4 @@ def write_matrix(reports: list[Report], json_path: Optional[str], markdown_path:
                   f"CPU); do not edit by hand.  Each framework ran in its own process; every "
                   f"configuration class drew its examples with Hypothesis, derandomized.", ""]
         with open(markdown_path, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(header) + format_matrix(reports, markdown=True))
+            handle.write("\n".join(header) + "\n" + format_matrix(reports, markdown=True))

@@ -321,3 +321,21 @@ def test_cpu_framework_targets_agree_and_measure_their_defects(name, measured, c
         assert text in known, known
     if name == "openvino":      # the unpadded rule is refdyn's border rule, masked outside
         assert float(known.split("masked to 0, max |error| ")[1].split()[0]) < 1e-5
+
+
+def test_torchvision_float32_roi_align_passes_thousands_of_edge_examples():
+    """torchvision computes the RoIAlign grid in float32: integer RoIs across the edges put
+    samples within rounding of x = -1 and x = W, where it reads the other side of the rule.
+    Those elements are counted as near jumps, never as disagreements."""
+    target = targets.TARGETS["torchvision"]
+    if target.problem():
+        pytest.skip(f"torchvision: {target.problem()}")
+    from refdyn.testing.conformance import run_conformance
+
+    for direction, candidate in (("forward", targets.torchvision_roi_align_forward()),
+                                 ("backward", targets.torchvision_roi_align_backward())):
+        result = run_conformance(candidate, "roi_align", direction, dtypes=("float32",),
+                                 roi_kinds=("integer_edges",), max_examples=2000,
+                                 derandomize=True)
+        assert result.ok, result.counterexample
+        assert result.examples == 2000 and result.near_jumps > 0 and result.max_abs_error < 1e-5

@@ -25,8 +25,9 @@ operator).
 
 from __future__ import annotations
 
+import functools
 import os
-from types import SimpleNamespace
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -205,25 +206,41 @@ def probe_paddle_offset_gradient() -> str:
 
 # ---- OpenVINO ----
 
-_COMPILED: dict = {}
+#: Compiled OpenVINO models by (operation, attributes, shapes, dtypes), the most recent last;
+#: each holds the plugin's threads and buffers, so only the last few are kept (thousands
+#: exhaust the process).
+_COMPILED: OrderedDict = OrderedDict()
+_KEEP_COMPILED = 16
+
+
+@functools.cache
+def _openvino_core():
+    import openvino as ov
+
+    return ov.Core()
 
 
 def _openvino_run(key: tuple, arrays: list, build: Callable) -> np.ndarray:
-    """Compile (once per key, shapes and dtypes) a model of Parameters like ``arrays`` whose
-    output is ``build(*parameters)``, in float32 precision on the CPU plugin, and run it."""
+    """Compile (once per key, shapes and dtypes, while it stays among the recent ones) a model
+    of Parameters like ``arrays`` whose output is ``build(*parameters)``, in float32 precision
+    with one stream on the CPU plugin, and run it."""
     import openvino as ov
     import openvino.opset1 as opset1
 
     arrays = [np.ascontiguousarray(array) for array in arrays]
     full_key = key + tuple((array.shape, array.dtype.str) for array in arrays)
-    if full_key not in _COMPILED:
+    if full_key in _COMPILED:
+        _COMPILED.move_to_end(full_key)
+    else:
         types = {np.dtype(np.float32): ov.Type.f32, np.dtype(np.float64): ov.Type.f64,
                  np.dtype(np.int32): ov.Type.i32}
         parameters = [opset1.parameter(list(array.shape), types[array.dtype])
                       for array in arrays]
         model = ov.Model([build(*parameters).output(0)], parameters, key[0])
-        _COMPILED[full_key] = ov.Core().compile_model(model, "CPU",
-                                                      {"INFERENCE_PRECISION_HINT": "f32"})
+        _COMPILED[full_key] = _openvino_core().compile_model(
+            model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": "1"})
+        while len(_COMPILED) > _KEEP_COMPILED:
+            _COMPILED.popitem(last=False)
     compiled = _COMPILED[full_key]
     return np.array(compiled(arrays)[compiled.output(0)])
 

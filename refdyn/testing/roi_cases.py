@@ -238,9 +238,10 @@ def make_case(config: RoIPoolConfig) -> Case:
 ROUNDING_UNITS = 32
 
 
-def rounding_neighbours(case: Case) -> list[Case]:
-    """``case`` with its RoIs translated by +-d along each axis (four cases), d =
-    ROUNDING_UNITS units of the dtype's rounding of the largest feature-map coordinate.
+def rounding_neighbours(case: Case) -> list[tuple[Case, Case]]:
+    """``case`` with its RoIs translated in each of the four diagonal directions by d and by
+    2 d (a pair per direction), d = ROUNDING_UNITS units of the dtype's rounding of the
+    largest feature-map coordinate.
 
     RoIAlign samples jump from the edge pixel to 0 where they cross x = -1 or x = W (and the
     Eq. 5 bins are translated with their RoI); a kernel that computes the grid in its own
@@ -257,12 +258,10 @@ def rounding_neighbours(case: Case) -> list[Case]:
     largest = max(1.0, float(np.max(np.abs(rois[:, 1:]))) * scale)
     step = ROUNDING_UNITS * float(np.finfo(rois.dtype).eps) * largest / scale
     step = 2.0 ** math.ceil(math.log2(step))    # a power of two keeps grid-aligned sizes exact
-    neighbours = []
-    for dy in (-step, step):
-        for dx in (-step, step):
-            moved = rois.astype(np.float64) + [0.0, dx, dy, dx, dy]
-            neighbours.append(case.with_arrays(rois=moved.astype(rois.dtype)))
-    return neighbours
+    def moved(dy, dx):
+        shifted = rois.astype(np.float64) + [0.0, dx, dy, dx, dy]
+        return case.with_arrays(rois=shifted.astype(rois.dtype))
+    return [(moved(dy, dx), moved(2 * dy, 2 * dx)) for dy in (-step, step) for dx in (-step, step)]
 
 
 def _examples(operator: str, thorough: bool, **extra) -> list[RoIPoolConfig]:
