@@ -50,9 +50,12 @@ class ClassResult:
     near_jumps: int = 0
     rejected: int = 0
     rejection: Optional[str] = None
+    crashed: bool = False
 
     @property
     def verdict(self) -> str:
+        if self.crashed:
+            return "CRASHED OR HUNG"
         if self.counterexample is not None:
             return "DISAGREES"
         if self.rejected and self.rejected == self.examples:
@@ -341,7 +344,7 @@ def _worker_report(name: str, max_examples: int, time_limit: float) -> Report:
             with open(journal, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(asdict(ClassResult(
                     operator, direction, class_name, 0, 0.0, 0.0,
-                    f"the framework {failure}"))) + "\n")
+                    f"the framework {failure}", crashed=True))) + "\n")
 
 
 def validate_all(max_examples: int = DEFAULT_EXAMPLES,
@@ -387,8 +390,8 @@ def format_matrix(reports: list[Report], markdown: bool = False) -> str:
         if report.failure:
             lines += ["CRASHED OR HUNG:", "", *_block(report.failure, markdown), ""]
         for result in report.disagreements:
-            lines += [f"DISAGREES: {result.operator} {result.direction}, {result.config_class}",
-                      "", *_block(result.counterexample, markdown), ""]
+            lines += [f"{result.verdict}: {result.operator} {result.direction}, "
+                      f"{result.config_class}", "", *_block(result.counterexample, markdown), ""]
         for result in report.classes:
             if result.rejection:
                 lines += [f"Rejected by the framework: {result.operator} {result.direction}, "

@@ -339,3 +339,37 @@ def test_torchvision_float32_roi_align_passes_thousands_of_edge_examples():
                                  derandomize=True)
         assert result.ok, result.counterexample
         assert result.examples == 2000 and result.near_jumps > 0 and result.max_abs_error < 1e-5
+
+
+def test_a_new_worker_goes_on_after_the_class_a_framework_hung_in(monkeypatch):
+    """_worker_report's restart: the hung class is reported with its configuration, the next
+    worker takes it from the journal and runs the remaining classes."""
+    from refdyn import validate
+
+    classes = (ConfigClass("kinks, float64", {"offset_kinds": ("integer",), "dtypes": ("float64",)}),
+               ConfigClass("zero offsets, float64", {"offset_kinds": ("zero",),
+                                                     "dtypes": ("float64",)}))
+    target = Target("two", "two classes", (), "", lambda: [
+        Suite("deform_conv2d", "forward", lambda: refdyn.deform_conv2d, classes)])
+    monkeypatch.setitem(targets.TARGETS, "two", target)
+    calls = []
+
+    def fake_run_worker(command, environment, progress, time_limit, output):
+        calls.append(command)
+        if len(calls) == 1:
+            with open(progress, "w") as handle:
+                handle.write("configuration X")
+            return "hung: no answer for 1 s (killed)"
+        report = validate.validate(target, 5, environment[validate.JOURNAL_FILE_VARIABLE])
+        with open(output, "w") as handle:
+            json.dump(report.to_json(), handle)
+        return None
+
+    monkeypatch.setattr(validate, "_run_worker", fake_run_worker)
+    report = validate._worker_report("two", 5, 1.0)
+    assert len(calls) == 2 and [c.config_class for c in report.classes] == [
+        "kinks, float64", "zero offsets, float64"]
+    hung, ran = report.classes
+    assert hung.verdict == "CRASHED OR HUNG" and "hung" in hung.counterexample
+    assert "configuration X" in hung.counterexample
+    assert ran.verdict == "agrees" and ran.examples == 5
