@@ -239,9 +239,10 @@ ROUNDING_UNITS = 32
 
 
 def rounding_neighbours(case: Case) -> list[tuple[Case, Case]]:
-    """``case`` with its RoIs translated in each of the four diagonal directions by d and by
-    2 d (a pair per direction), d = ROUNDING_UNITS units of the dtype's rounding of the
-    largest feature-map coordinate.
+    """``case`` with its RoIs translated in each of the eight directions (-1, 0 or +1 along
+    each axis; a sample may sit on a jump along one axis only) by d and by 2 d (a pair per
+    direction), d = ROUNDING_UNITS units of the dtype's rounding of the largest feature-map
+    coordinate.
 
     RoIAlign samples jump from the edge pixel to 0 where they cross x = -1 or x = W (and the
     Eq. 5 bins are translated with their RoI); a kernel that computes the grid in its own
@@ -261,7 +262,8 @@ def rounding_neighbours(case: Case) -> list[tuple[Case, Case]]:
     def moved(dy, dx):
         shifted = rois.astype(np.float64) + [0.0, dx, dy, dx, dy]
         return case.with_arrays(rois=shifted.astype(rois.dtype))
-    return [(moved(dy, dx), moved(2 * dy, 2 * dx)) for dy in (-step, step) for dx in (-step, step)]
+    return [(moved(dy, dx), moved(2 * dy, 2 * dx)) for dy in (-step, 0.0, step)
+            for dx in (-step, 0.0, step) if dy or dx]
 
 
 def _examples(operator: str, thorough: bool, **extra) -> list[RoIPoolConfig]:
