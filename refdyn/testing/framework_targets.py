@@ -16,7 +16,8 @@ OpenVINO (CPU plugin, forward only; float64 models run in float32, so only float
 are compared): DeformableConvolution-8 with ``bilinear_interpolation_pad=True`` is refdyn's
 ``zeros`` rule (a bias, which the operation lacks, is added after it); DeformablePSROIPooling
 is the official DCN rule with pooled_size = group_size; ROIAlign-9 ``asymmetric`` is
-``aligned=False`` and ``half_pixel_for_nn`` is ``aligned=True``.  Not run: DeformableConvolution-1
+``aligned=False``, ``half_pixel_for_nn`` is ``aligned=True`` and ``half_pixel`` is ``aligned=True``
+on RoIs moved by half an image pixel.  Not run: DeformableConvolution-1
 and -8 with ``bilinear_interpolation_pad=False`` (a one-sided edge rule no refdyn boundary
 reproduces: 0 above and left of the image, the edge pixel in the last row and column strip),
 PSROIPooling (R-FCN integer-pixel average and a crop-and-resize bilinear mode, no refdyn
@@ -288,13 +289,13 @@ def openvino_deform_ps_roi_pool(input, rois, offset=None, spatial_scale=1.0, out
 
 
 def openvino_roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
-                       aligned=False):
+                       aligned=False, mode=None):
     """ROIAlign-9 (mode avg) with refdyn's signature: aligned_mode ``half_pixel_for_nn`` for
-    aligned=True, ``asymmetric`` for False; sampling_ratio <= 0 is its adaptive 0."""
+    aligned=True, ``asymmetric`` for False, or ``mode``; sampling_ratio <= 0 is its adaptive 0."""
     import openvino.opset9 as opset9
 
     height, width = _pair(output_size)
-    mode = "half_pixel_for_nn" if aligned else "asymmetric"
+    mode = mode or ("half_pixel_for_nn" if aligned else "asymmetric")
     ratio = max(int(sampling_ratio), 0)
     key = ("ROIAlign", height, width, ratio, float(spatial_scale), mode)
 
@@ -302,6 +303,18 @@ def openvino_roi_align(input, rois, output_size=7, spatial_scale=1.0, sampling_r
         return opset9.roi_align(x, boxes, indices, height, width, ratio, float(spatial_scale),
                                 "avg", mode)
     return _openvino_run(key, [input, rois[:, 1:5], rois[:, 0].astype(np.int32)], build)
+
+
+def openvino_roi_align_half_pixel(input, rois, output_size=7, spatial_scale=1.0,
+                                  sampling_ratio=-1, aligned=False):
+    """ROIAlign-9 aligned_mode ``half_pixel`` as refdyn's aligned roi_align: that mode starts a
+    RoI at (x1 + 0.5) spatial_scale - 0.5, refdyn's aligned rule on RoIs moved by half an image
+    pixel, so the RoIs are moved back by 0.5 first; not aligned is ``asymmetric``."""
+    if not aligned:
+        return openvino_roi_align(input, rois, output_size, spatial_scale, sampling_ratio)
+    moved = rois.astype(np.float64) - [0.0, 0.5, 0.5, 0.5, 0.5]
+    return openvino_roi_align(input, moved.astype(rois.dtype), output_size, spatial_scale,
+                              sampling_ratio, mode="half_pixel")
 
 
 def pooled_size_is_not_group_size(operator: str, config) -> bool:

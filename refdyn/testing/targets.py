@@ -508,7 +508,11 @@ def _openvino_suites() -> list[Suite]:
             Suite("deform_ps_roi_pool", "forward", lambda: openvino.openvino_deform_ps_roi_pool,
                   _classes(dtypes, "roi_kinds", PS_ROI_POOL_KINDS)),
             Suite("roi_align", "forward", lambda: openvino.openvino_roi_align,
-                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS))]
+                  _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)),
+            Suite("roi_align", "forward", lambda: openvino.openvino_roi_align_half_pixel,
+                  tuple(ConfigClass(f"aligned_mode half_pixel: {config_class.name}",
+                                    config_class.knobs)
+                        for config_class in _classes(dtypes, "roi_kinds", ROI_ALIGN_KINDS)))]
 
 
 def _openvino_known_differences() -> list[KnownDifference]:
@@ -535,9 +539,10 @@ def _openvino_known_differences() -> list[KnownDifference]:
             "OpenVINO DeformablePSROIPooling-1 specification", lambda: "by construction",
             openvino.pooled_size_is_not_group_size),
         KnownDifference(
-            "defect: ROIAlign-9 (half_pixel_for_nn) pools an aligned RoI of zero or negative "
-            "width or height with adaptive sampling to NaN; such configurations are left out "
-            "above", "measured; refdyn and torchvision average no samples to 0",
+            "defect: ROIAlign-9 (half_pixel_for_nn and half_pixel) pools an aligned RoI of "
+            "zero or negative width or height with adaptive sampling to NaN; such "
+            "configurations are left out above",
+            "measured; refdyn and torchvision average no samples to 0",
             openvino.probe_empty_aligned_roi(openvino.openvino_roi_align),
             adaptive_rois_without_samples("roi_align"),
             ("roi_align", {**EMPTY_ROIS, "dtypes": ("float32",)}))]
@@ -549,6 +554,7 @@ TARGETS["paddle"] = Target(
     "pip install 'refdyn[validate]'  (paddlepaddle)", _paddle_suites, _paddle_known_differences)
 TARGETS["openvino"] = Target(
     "openvino", "OpenVINO CPU plugin, forward: DeformableConvolution-8 (bilinear_interpolation_pad"
-    " true), DeformablePSROIPooling-1, ROIAlign-9 (asymmetric, half_pixel_for_nn); float32",
+    " true), DeformablePSROIPooling-1, ROIAlign-9 (asymmetric, half_pixel_for_nn, and half_pixel "
+    "on RoIs moved by -0.5); float32",
     ("openvino",), "pip install 'refdyn[validate]'  (openvino)", _openvino_suites,
     _openvino_known_differences)
