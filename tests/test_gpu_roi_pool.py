@@ -233,6 +233,10 @@ def test_bad_arguments_raise_the_numpy_errors(backend, name):
     wrong = case.grad_output[:, :1].copy()
     assert raised(getattr(backend, f"{name}_backward"), wrong, **case.backward_kwargs()) \
         == raised(backward, wrong, **case.backward_kwargs()) != None  # noqa: E711
+    if name == "deform_roi_align":      # the backward's only option: an unknown rule
+        unknown = {**case.backward_kwargs(), "coord_grad": "other"}
+        assert raised(getattr(backend, f"{name}_backward"), case.grad_output, **unknown) \
+            == raised(backward, case.grad_output, **unknown) != None  # noqa: E711
 
 
 @pytest.mark.skipif("numba" not in RUNNABLE, reason="numba backend not available")
