@@ -190,21 +190,6 @@ def probe_empty_aligned_roi(run: Callable) -> Callable[[], str]:
     return probe
 
 
-def probe_paddle_offset_gradient() -> str:
-    from .. import deform_conv2d_backward
-    from .deform_conv_cases import DeformConvConfig, make_case
-
-    case = make_case(DeformConvConfig(offset_kind="zero", with_mask=False))
-    arguments = {k: v for k, v in case.forward_kwargs().items() if k != "boundary"}
-    actual = paddle_deform_conv2d_backward(case.grad_output, **arguments)["grad_offset"]
-    errors = {rule: float(np.max(np.abs(actual - deform_conv2d_backward(
-        case.grad_output, **arguments, coord_grad=rule).grad_offset)))
-        for rule in ("torchvision", "mmcv")}
-    return (f"zero offsets, 3 x 3 kernel, padding 1 (border taps at -1): grad_offset differs "
-            f"from refdyn's coord_grad='mmcv' by {errors['mmcv']:.3g} and from "
-            f"coord_grad='torchvision' by up to {errors['torchvision']:.3g}")
-
-
 # ---- OpenVINO ----
 
 #: Compiled OpenVINO models by (operation, attributes, shapes, dtypes), the most recent last;

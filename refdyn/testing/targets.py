@@ -388,18 +388,23 @@ def _probe_torchvision_ps_roi_align_empty_bins() -> str:
             f"{int(np.isnan(ours).sum())} (all {float(np.max(np.abs(ours))):g})")
 
 
-def _probe_torchvision_offset_gradient() -> str:
-    from .. import deform_conv2d_backward
-    from .deform_conv_cases import DeformConvConfig, make_case
+def probe_offset_gradient_rule(backward: Callable[[], Callable]) -> Callable[[], str]:
+    """A probe: how far the offset gradient of a deform_conv2d ``backward`` candidate (built by
+    the factory) is from each of refdyn's coord_grad rules where taps sit exactly on -1."""
+    def probe() -> str:
+        from .. import deform_conv2d_backward
+        from .deform_conv_cases import DeformConvConfig, make_case
 
-    case = make_case(DeformConvConfig(offset_kind="zero", with_mask=False))
-    actual = torchvision_deform_conv2d_backward()(case.grad_output, **case.backward_kwargs())
-    errors = {rule: float(np.max(np.abs(actual["grad_offset"] - deform_conv2d_backward(
-        case.grad_output, **{**case.backward_kwargs(), "coord_grad": rule}).grad_offset)))
-        for rule in ("torchvision", "mmcv")}
-    return (f"zero offsets, 3 x 3 kernel, padding 1 (border taps at -1): grad_offset differs "
-            f"from refdyn's coord_grad='mmcv' by up to {errors['mmcv']:.3g} and from "
-            f"coord_grad='torchvision' by {errors['torchvision']:.3g}")
+        case = make_case(DeformConvConfig(offset_kind="zero", with_mask=False))
+        arguments = {k: v for k, v in case.forward_kwargs().items() if k != "boundary"}
+        actual = backward()(case.grad_output, **arguments)["grad_offset"]
+        errors = {rule: float(np.max(np.abs(actual - deform_conv2d_backward(
+            case.grad_output, **arguments, coord_grad=rule).grad_offset)))
+            for rule in ("torchvision", "mmcv")}
+        return (f"zero offsets, 3 x 3 kernel, padding 1 (border taps at -1): grad_offset "
+                f"differs from refdyn's coord_grad='mmcv' by up to {errors['mmcv']:.3g} and "
+                f"from coord_grad='torchvision' by up to {errors['torchvision']:.3g}")
+    return probe
 
 
 ONNX_DTYPES = ("float32", "float64")
@@ -443,7 +448,8 @@ TARGETS: dict[str, Target] = {
             KnownDifference(
                 "torchvision's offset gradient at a coordinate of exactly -1 is the right "
                 "derivative (refdyn coord_grad='torchvision'; mmcv and DCNv2 return 0)",
-                "pytorch/vision issue 6885", _probe_torchvision_offset_gradient),
+                "pytorch/vision issue 6885",
+                probe_offset_gradient_rule(torchvision_deform_conv2d_backward)),
             KnownDifference(
                 "torchvision ps_roi_align pools a RoI of zero or negative width or height with "
                 "adaptive sampling to NaN (0 / 0); refdyn pools it to 0 as roi_align does "
@@ -476,7 +482,8 @@ def _paddle_known_differences() -> list[KnownDifference]:
             "convention: Paddle's deform_conv2d offset gradient is mmcv's (0 where a sampling "
             "coordinate is exactly -1; refdyn coord_grad='mmcv', which the classes above use)",
             "paddle/phi/kernels/impl/deformable_conv_grad_kernel_impl.h returns 0 for "
-            "h <= -1 or h >= H", paddle.probe_paddle_offset_gradient),
+            "h <= -1 or h >= H",
+            probe_offset_gradient_rule(lambda: paddle.paddle_deform_conv2d_backward)),
         KnownDifference(
             "defect: Paddle's roi_align pools an aligned RoI of zero width or height with "
             "adaptive sampling to NaN (0 / 0); such configurations are left out above",
