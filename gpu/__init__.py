@@ -2,7 +2,7 @@
 
 Backends, each with the same function names and signatures as the NumPy reference:
 
-- ``refdyn.gpu.cupy``: the CUDA C kernels in this folder, compiled by CuPy (RawModule).
+- ``refdyn.gpu.cupy``: the CUDA C kernels in this folder, compiled by NVRTC through CuPy.
 - ``refdyn.gpu.numba``: Numba CUDA kernels; without a GPU they run under Numba's CUDA
   simulator (``NUMBA_ENABLE_CUDASIM=1``).
 - ``refdyn.gpu.host``: the same CUDA C files compiled for the CPU by the host C++ compiler

@@ -96,7 +96,8 @@ def align_call(input, rois, offset, mask, output_size, spatial_scale, sampling_r
     """roi_align (gamma 0, no offsets), ps_roi_align (also always aligned, one score-map group
     per bin) and deform_roi_align (always aligned; its backward takes ``coord_grad``)."""
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale,
-                               sampling_ratio, gamma, all_finite, position_sensitive)
+                               sampling_ratio, gamma, all_finite, position_sensitive,
+                               aligned=bool(aligned))
     check_coord_grad(coord_grad)
     return RoICall(geo, "align", output_channels(geo, position_sensitive), float(spatial_scale),
                    float(gamma), int(sampling_ratio), bool(aligned),

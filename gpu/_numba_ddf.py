@@ -81,7 +81,7 @@ def _reaching_output(v, offset, stride, extent):
 # Kernels
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _forward_kernel(total, features, channel_filter, spatial_filter, out, layer, add):
     """out[n, c, i] = sum_t combine(Dsp, Dch) X[n, c, j(i, t)], taps in increasing t."""
     T = features.dtype.type
@@ -106,7 +106,7 @@ def _forward_kernel(total, features, channel_filter, spatial_filter, out, layer,
         out[n, c, ph, pw] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_features_kernel(total, channel_filter, spatial_filter, grad_output, grad_features,
                           layer, add):
     """Eq. B1: grad_features[n, c, y, x] = sum over the taps t (increasing) through which an
@@ -134,7 +134,7 @@ def _grad_features_kernel(total, channel_filter, spatial_filter, grad_output, gr
         grad_features[n, c, y, x] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_spatial_kernel(total, features, channel_filter, grad_output, grad_spatial, layer,
                          add):
     """Eq. B2: grad_spatial[n, h K + t, i] = sum_{c in head h} go[n, c, i] X[n, c, j(i, t)]
@@ -161,7 +161,7 @@ def _grad_spatial_kernel(total, features, channel_filter, grad_output, grad_spat
         grad_spatial[n, ht, ph, pw] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_channel_kernel(total, features, spatial_filter, grad_output, grad_channel, layer,
                          add):
     """Eq. B3: grad_channel[n, c, t] = sum_i go[n, c, i] X[n, c, j(i, t)] d combine / d Dch,

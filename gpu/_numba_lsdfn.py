@@ -28,8 +28,8 @@ import numpy as np
 from refdyn.lsdfn_args import DFNGrads, LSDFNGeometry, LSDFNGrads, LSDFNSampleGrads, \
     check_dfn_args, check_grad_output, check_lsdfn_args, check_lsdfn_sample_args
 
-from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
-    _split, cuda
+from ._numba_support import _all_finite, _deliver, _given, _is_device_array, _launch, \
+    _on_device, _optional, _split, cuda
 
 __all__ = ["dfn", "dfn_backward", "lsdfn_sample", "lsdfn_sample_backward", "lsdfn",
            "lsdfn_backward"]
@@ -91,11 +91,11 @@ def _tap_response(features, u, v, n, vo, t, y, x, yq, xq, layer):
 def _tap_weight(features, position_attention, full_attention, n, vo, s_, t, y, x, cy, cx):
     """P_t: 1 + A_pos at the sample's centre (Eq. 4; 1 outside the map), 1 + A (Eq. 3), or 1."""
     T = features.dtype.type
-    if position_attention is not None:
+    if _given(position_attention):
         if not _inside(features, y + cy, x + cx):
             return T(1)
         return T(1) + position_attention[n, vo, t, y + cy, x + cx]
-    if full_attention is not None:
+    if _given(full_attention):
         return T(1) + full_attention[n, vo, s_, t, y, x]
     return T(1)
 
@@ -104,7 +104,7 @@ def _tap_weight(features, position_attention, full_attention, n, vo, s_, t, y, x
 def _sample_weight(features, sample_attention, n, vo, s_, y, x):
     """alpha_s_ = 1 + A_sam (Eq. 4), or 1."""
     T = features.dtype.type
-    if sample_attention is None:
+    if not _given(sample_attention):
         return T(1)
     return T(1) + sample_attention[n, vo, s_, y, x]
 
@@ -127,7 +127,7 @@ def _unweighted_sample(features, u, v, position_attention, full_attention, n, vo
 # LS-DFN kernels (Eq. 4-7)
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _forward_kernel(total, features, u, v, sample_attention, position_attention, full_attention,
                     out, layer):
     """Eq. 4 and 5: out = sum_s_ alpha Xhat, or its max over s_ (the first largest)."""
@@ -149,7 +149,7 @@ def _forward_kernel(total, features, u, v, sample_attention, position_attention,
         out[n, vo, y, x] = fused
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _samples_kernel(total, features, u, v, position_attention, full_attention, unweighted,
                     layer):
     """Xhat[n, s_, v, y, x] for the backward."""
@@ -163,7 +163,7 @@ def _samples_kernel(total, features, u, v, position_attention, full_attention, u
             features, u, v, position_attention, full_attention, n, vo, s_, y, x, layer)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fusion_grads_kernel(total, features, sample_attention, unweighted, grad_output,
                          grad_unweighted, grad_sample_attention, layer):
     """G = go picked alpha per sample (picked: 1 for the sum, the one-hot of the first largest
@@ -189,11 +189,11 @@ def _fusion_grads_kernel(total, features, sample_attention, unweighted, grad_out
         go = grad_output[n, vo, y, x] if picked else T(0)
         grad_unweighted[n, s_, vo, y, x] = go * _sample_weight(features, sample_attention, n, vo,
                                                                s_, y, x)
-        if grad_sample_attention is not None:
+        if _given(grad_sample_attention):
             grad_sample_attention[n, vo, s_, y, x] = go * unweighted[n, s_, vo, y, x]
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_features_kernel(total, features, u, v, position_attention, full_attention,
                           grad_unweighted, grad_features, layer):
     """dL/dX[n, u, q] = sum over the reads (s_, t) from an output (y, x) = q - (dy, dx) in the map
@@ -220,7 +220,7 @@ def _grad_features_kernel(total, features, u, v, position_attention, full_attent
         grad_features[n, uc, yq, xq] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_kernel_parts_kernel(total, features, u, v, position_attention, full_attention,
                               grad_unweighted, grad_u, grad_v, layer):
     """dL/dU[n, v, u, y, x] = sum_{s_, t} G P_t mu_t X^u[q] (the first u.size indices) and
@@ -254,7 +254,7 @@ def _grad_kernel_parts_kernel(total, features, u, v, position_attention, full_at
             grad_v[n, vo, which, y, x] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_position_kernel(total, features, u, v, grad_unweighted, grad_position, layer):
     """dL/dA_pos[n, v, t, centre] = sum over the samples s_ centred there from an output (y, x)
     in the map of G T_t (0 when the read is outside)."""
@@ -276,7 +276,7 @@ def _grad_position_kernel(total, features, u, v, grad_unweighted, grad_position,
         grad_position[n, vo, t, centre_y, centre_x] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_full_kernel(total, features, u, v, grad_unweighted, grad_full, layer):
     """dL/dA[n, v, s_, t, y, x] = G T_t (Eq. 3; 0 when the read is outside)."""
     T = features.dtype.type
@@ -299,7 +299,7 @@ def _grad_full_kernel(total, features, u, v, grad_unweighted, grad_full, layer):
 # Eq. 2 kernels (lsdfn_sample): kernels W (N, C', C, K, H, W)
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sample_forward_kernel(total, features, kernels, out, layer):
     """Xhat[n, s_, v, y, x] = sum_t sum_u X^u[q] W^{v,u}_t[y, x] over the reads in the map."""
     T = features.dtype.type
@@ -318,7 +318,7 @@ def _sample_forward_kernel(total, features, kernels, out, layer):
         out[n, s_, vo, y, x] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sample_grad_features_kernel(total, kernels, grad_output, grad_features, layer):
     """dL/dX[n, u, q] = sum over the reads (s_, t) from (y, x) = q - (dy, dx) in the map and over
     v of go[n, s_, v, y, x] W^{v,u}_t[y, x]."""
@@ -340,7 +340,7 @@ def _sample_grad_features_kernel(total, kernels, grad_output, grad_features, lay
         grad_features[n, uc, yq, xq] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sample_grad_kernels_kernel(total, features, grad_output, grad_kernels, layer):
     """dL/dW[n, v, u, t, y, x] = sum_s_ go[n, s_, v, y, x] X^u[q] over the reads in the map."""
     T = features.dtype.type
@@ -363,7 +363,7 @@ def _sample_grad_kernels_kernel(total, features, grad_output, grad_kernels, laye
 # DFN kernels: filters (N, G, K, H, W), G = 1 (shared) or C (one per channel)
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_kernel(total, filters, normalised):
     """F' = exp(F_t - max F) / sum_t' exp(F_t' - max F) over the taps of (n, g, y, x)."""
     _, groups, taps, height, width = filters.shape
@@ -382,7 +382,7 @@ def _softmax_kernel(total, filters, normalised):
             normalised[n, g, t, y, x] /= total_exp
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _softmax_backward_kernel(total, normalised, grad_normalised, grad_filters):
     """dL/dF = F' (dL/dF' - sum_t' F'_t' dL/dF'_t')."""
     _, groups, taps, height, width = normalised.shape
@@ -398,7 +398,7 @@ def _softmax_backward_kernel(total, normalised, grad_normalised, grad_filters):
             grad_normalised[n, g, t, y, x] - dot)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _dfn_forward_kernel(total, features, filters, out, layer):
     """out[n, c, y, x] = sum_t X[n, c, q] F'[n, g(c), t, y, x] over the reads in the map."""
     T = features.dtype.type
@@ -416,7 +416,7 @@ def _dfn_forward_kernel(total, features, filters, out, layer):
         out[n, c, y, x] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _dfn_grad_features_kernel(total, filters, grad_output, grad_features, layer):
     """dL/dX[n, c, q] = sum_t go[n, c, y, x] F'[n, g(c), t, y, x], (y, x) = q - (dy, dx) in the
     map."""
@@ -435,7 +435,7 @@ def _dfn_grad_features_kernel(total, filters, grad_output, grad_features, layer)
         grad_features[n, c, yq, xq] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _dfn_grad_filters_kernel(total, features, grad_output, grad_filters, layer):
     """dL/dF'[n, g, t, y, x] = sum over the channels c of group g of go[n, c, y, x] X[n, c, q]."""
     T = features.dtype.type
@@ -466,10 +466,9 @@ def _layer(geo: LSDFNGeometry, residual=False, kernel_form="described", fuse="su
 
 
 def _device_like(arrays, dtype):
-    """Uninitialised device arrays shaped like ``arrays`` (None for None), for gradients that
-    every element of is written by a kernel."""
-    return [None if array is None else cuda.device_array(array.shape, dtype=dtype)
-            for array in arrays]
+    """Uninitialised device arrays shaped like ``arrays``, for gradients that every element of
+    is written by a kernel."""
+    return [cuda.device_array(array.shape, dtype=dtype) for array in arrays]
 
 
 def _empty_batch(device, record, arrays, dtype):
@@ -579,15 +578,17 @@ def lsdfn_sample_backward(grad_output, features, kernels, samples, gamma, kernel
 
 
 def _lsdfn_operands(geo, features, u, v, sample_attention, position_attention, full_attention):
-    """The inputs on the device, the attention split by output channel (module docstring)."""
+    """The inputs on the device, the attention split by output channel (module docstring); an
+    attention array not given is its zero-size stand-in (:func:`_optional`)."""
     split = (geo.batch, geo.out_channels)
     grid = (geo.height, geo.width)
-    shapes = (None, None, None, (*split, geo.sample_count, *grid), (*split, geo.taps, *grid),
-              (*split, geo.sample_count, geo.taps, *grid))
-    return [None if array is None else
-            _on_device(array) if shape is None else _on_device(array).reshape(shape)
-            for array, shape in zip((features, u, v, sample_attention, position_attention,
-                                     full_attention), shapes)]
+    attention_shapes = ((*split, geo.sample_count, *grid), (*split, geo.taps, *grid),
+                        (*split, geo.sample_count, geo.taps, *grid))
+    return [*map(_on_device, (features, u, v)),
+            *(_optional(array, len(shape), geo.dtype) if array is None
+              else _on_device(array).reshape(shape)
+              for array, shape in zip((sample_attention, position_attention, full_attention),
+                                      attention_shapes))]
 
 
 def lsdfn(features, u, v, sample_attention=None, position_attention=None, full_attention=None,
@@ -633,11 +634,11 @@ def lsdfn_backward(grad_output, features, u, v, sample_attention=None, position_
             grads[0], layer)
     _launch(_grad_kernel_parts_kernel, math.prod(u_.shape) + math.prod(v_.shape), x, u_, v_,
             pos, full, grad_unweighted, grads[1], grads[2], layer)
-    if pos is not None:
+    if position_attention is not None:
         _launch(_grad_position_kernel, math.prod(pos.shape), x, u_, v_, grad_unweighted,
                 grads[4], layer)
-    if full is not None:
+    if full_attention is not None:
         _launch(_grad_full_kernel, math.prod(full.shape), x, u_, v_, grad_unweighted, grads[5],
                 layer)
-    return _deliver(device, LSDFNGrads(*(None if grad is None else grad.reshape(array.shape)
+    return _deliver(device, LSDFNGrads(*(None if array is None else grad.reshape(array.shape)
                                          for grad, array in zip(grads, inputs))))

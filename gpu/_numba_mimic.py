@@ -37,7 +37,7 @@ _COS, _NORM_PRODUCT, _LENGTH_F, _LENGTH_G = 0, 1, 2, 3
 # Kernels
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _rows_kernel(total, features, target, stats, eps):
     """(K1): one thread per RoI r of the (R, D) rows."""
     size = features.shape[1]
@@ -60,7 +60,7 @@ def _rows_kernel(total, features, target, stats, eps):
         stats[r, _LENGTH_G] = length_g
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sum_kernel(total, stats, loss):
     """(K2): loss[0] = sum_r (1 - cos_r) in increasing r, by the grid's first thread."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -77,7 +77,7 @@ def _entry_grad(go, own, other, cos, norm_product, length, eps):
     return -go * (other / norm_product - radial * own)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _backward_kernel(total, features, target, stats, grad_output, grad_features, grad_target,
                      eps):
     """(K3): one thread per element (r, k) of the (R, D) rows writes both gradients."""

@@ -23,8 +23,8 @@ from refdyn.roi_pool_args import RoIPoolGrads
 from refdyn.roi_pooling import round_half_away
 
 from . import _cuda_c_roi
-from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
-    _split, cuda
+from ._numba_support import _all_finite, _deliver, _given, _is_device_array, _launch, \
+    _on_device, _optional, _rounded_product, _split, cuda
 
 __all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_backward",
            "deform_roi_align", "deform_roi_align_backward",
@@ -35,6 +35,15 @@ __all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_back
 _ALIGN, _EQ5, _OFFICIAL = (_cuda_c_roi.ROI_KINDS[kind] for kind in ("align", "eq5", "official"))
 _ZEROS, _BORDER, _ROI_ALIGN = 0, 1, 2
 _round_half_away = cuda.jit(device=True)(round_half_away)
+
+
+@cuda.jit(device=True)
+def _product(a, b):
+    """a * b in float64, rounded before the addition that follows it, as NumPy computes it: a
+    fused multiply-add would round once, and a sample could then fall on the other side of a
+    kink or skip line than in the reference.  Every product in the coordinates goes through it
+    (the PTX test checks that the coordinate code has no fma)."""
+    return _rounded_product(float(a), float(b))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,16 +59,18 @@ def _roi_frame(rois, r, geo, scales):
     x1, y1, x2, y2 = float(rois[r, 1]), float(rois[r, 2]), float(rois[r, 3]), float(rois[r, 4])
     if kind == _ALIGN:  # torchvision: -0.5 when aligned, else sizes >= 1
         half = 0.5 if aligned else 0.0
-        start_w, start_h = x1 * s - half, y1 * s - half
-        w, h = x2 * s - half - start_w, y2 * s - half - start_h
+        start_w, start_h = _product(x1, s) - half, _product(y1, s) - half
+        w, h = _product(x2, s) - half - start_w, _product(y2, s) - half - start_h
         if not aligned:
             w, h = max(w, 1.0), max(h, 1.0)
     elif kind == _EQ5:  # p0 = (y1, x1) scale, size (y2 - y1) scale
-        start_h, start_w, h, w = y1 * s, x1 * s, (y2 - y1) * s, (x2 - x1) * s
+        start_h, start_w = _product(y1, s), _product(x1, s)
+        h, w = _product(y2 - y1, s), _product(x2 - x1, s)
     else:  # official: C round (halves away from zero), end pixel included, sizes >= 0.1
-        start_w, start_h = _round_half_away(x1) * s - 0.5, _round_half_away(y1) * s - 0.5
-        w = max((_round_half_away(x2) + 1.0) * s - 0.5 - start_w, 0.1)
-        h = max((_round_half_away(y2) + 1.0) * s - 0.5 - start_h, 0.1)
+        start_w = _product(_round_half_away(x1), s) - 0.5
+        start_h = _product(_round_half_away(y1), s) - 0.5
+        w = max(_product(_round_half_away(x2) + 1.0, s) - 0.5 - start_w, 0.1)
+        h = max(_product(_round_half_away(y2) + 1.0, s) - 0.5 - start_h, 0.1)
     return int(rois[r, 0]), start_h, start_w, h, w
 
 
@@ -70,11 +81,11 @@ def _axis(geo, start, size, bins, i):
     bin_size = size / bins
     if kind == _ALIGN:  # sampling_ratio, or the adaptive ceil(size / P) (>= 0)
         count = geo[9] if geo[9] > 0 else max(int(math.ceil(size / bins)), 0)
-        return start, start + i * bin_size, bin_size, count
+        return start, start + _product(i, bin_size), bin_size, count
     if kind == _EQ5:  # floor(i size/P) <= p < ceil((i + 1) size/P) (Eq. 5)
         low = float(math.floor(i * size / bins))
         return start, low, bin_size, max(int(float(math.ceil((i + 1) * size / bins)) - low), 0)
-    return start, i * bin_size + start, bin_size, geo[9]  # official: sample_per_part
+    return start, _product(i, bin_size) + start, bin_size, geo[9]  # official: sample_per_part
 
 
 @cuda.jit(device=True)
@@ -82,10 +93,10 @@ def _at(kind, axis, a):
     """Sample a of an axis, in the reference's order of operations."""
     start, base, bin_size, count = axis
     if kind == _ALIGN:
-        return base + (a + 0.5) * bin_size / count
+        return base + _product(a + 0.5, bin_size) / count
     if kind == _EQ5:
         return start + (base + a)
-    return base + a * (bin_size / count)
+    return base + _product(a, bin_size / count)
 
 
 @cuda.jit(device=True)
@@ -115,7 +126,7 @@ def _bin(geo, scales, rois, offset, mask, r, o, i, j):
     n, start_h, start_w, h, w = _roi_frame(rois, r, geo, scales)
     ys = _axis(geo, start_h, h, geo[5], i)
     xs = _axis(geo, start_w, w, geo[6], j)
-    dm = 1.0 if mask is None else float(mask[r, 0, i, j])
+    dm = float(mask[r, 0, i, j]) if _given(mask) else 1.0
     channel, channel_y, channel_x = _channel_of(geo, o, i, j), 1, 0  # mmcv: channel 0 = x
     rule = _ROI_ALIGN
     if kind == _EQ5:
@@ -124,10 +135,10 @@ def _bin(geo, scales, rois, offset, mask, r, o, i, j):
         c = o // (geo[7] // geo[13])
         channel_x, channel_y, rule = 2 * c, 2 * c + 1, _BORDER
     shift_y = shift_x = 0.0
-    if offset is not None:  # dp = gamma dp^ o (h, w) (DCNv1 Eq. 6)
+    if _given(offset):  # dp = gamma dp^ o (h, w) (DCNv1 Eq. 6)
         cell_i, cell_j = _cell_of(kind, i, geo[5], geo[14]), _cell_of(kind, j, geo[6], geo[15])
-        shift_y = float(offset[r, channel_y, cell_i, cell_j]) * (scales[1] * h)
-        shift_x = float(offset[r, channel_x, cell_i, cell_j]) * (scales[1] * w)
+        shift_y = _product(offset[r, channel_y, cell_i, cell_j], scales[1] * h)
+        shift_x = _product(offset[r, channel_x, cell_i, cell_j], scales[1] * w)
     return n, ys, xs, shift_y, shift_x, dm, channel, rule
 
 
@@ -221,7 +232,7 @@ def _bin_sums(geo, input, bin):
 # Kernels (roi_pool.cu: forward, grad_input, grad_offset_mask)
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _forward_kernel(total, input, rois, offset, mask, output, geo, scales):
     """y[r, o, i, j] = dm sum x(p) / max(count, 1), one thread per output element."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -233,7 +244,7 @@ def _forward_kernel(total, input, rois, offset, mask, output, geo, scales):
         output[r, o, i, j] = bin[5] * (value / max(count, 1))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_input_kernel(total, rois, offset, mask, grad_output, grad_input, geo, scales):
     """dL/d x[n, ch, q]: go dm / count (sum_a w(q_y, y_a)) (sum_b w(q_x, x_b)) over every bin of
     every RoI of image n reading channel ch, one thread per input element, in a fixed order."""
@@ -272,7 +283,7 @@ def _grad_input_kernel(total, rois, offset, mask, grad_output, grad_input, geo, 
         grad_input[n, ch, qy, qx] = total_grad
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _grad_offset_mask_kernel(total, input, rois, offset, mask, grad_output, grad_offset,
                              grad_mask, geo, scales):
     """dL/d offset (dL/d shift o gamma (h, w)) and dL/d dm, one thread per (r, class, cell):
@@ -296,12 +307,12 @@ def _grad_offset_mask_kernel(total, input, rois, offset, mask, grad_output, grad
                     shift_y += go * bin[5] * d_y
                     shift_x += go * bin[5] * d_x
                     dm_grad += go * value
-        if grad_offset is not None:  # d shift / d offset = gamma (h, w), shared by the cell
+        if _given(grad_offset):  # d shift / d offset = gamma (h, w), shared by the cell
             _, _, _, h, w = _roi_frame(rois, r, geo, scales)
             channel_y = 0 if kind == _EQ5 else 1  # x first except for Eq. 6
             grad_offset[r, 2 * c + channel_y, cell_i, cell_j] = shift_y * scales[1] * h
             grad_offset[r, 2 * c + 1 - channel_y, cell_i, cell_j] = shift_x * scales[1] * w
-        if grad_mask is not None:
+        if _given(grad_mask):
             grad_mask[r, 0, cell_i, cell_j] = dm_grad
 
 
@@ -314,6 +325,13 @@ def _host_rois(rois):
     return rois.copy_to_host() if _is_device_array(rois) else rois
 
 
+def _shift_and_modulation(call, offset, mask):
+    """The kernels' offset and mask arguments: on the device, or the zero-size stand-ins of
+    :func:`_optional` where there is none (no offset, or ``no_trans``; no mask)."""
+    return (_optional(None if call.no_trans else offset, 4, call.geo.dtype),
+            _optional(mask, 4, call.geo.dtype))
+
+
 def _forward(call, input, rois, offset=None, mask=None):
     geo = call.geo
     device = _is_device_array(input)
@@ -323,8 +341,8 @@ def _forward(call, input, rois, offset=None, mask=None):
         return cuda.to_device(out) if device else out
     out = cuda.device_array(shape, dtype=geo.dtype)
     _launch(_forward_kernel, math.prod(shape), _on_device(input), _on_device(rois),
-            None if call.no_trans else _on_device(offset), _on_device(mask), out,
-            call.geometry_values(), call.scales())
+            *_shift_and_modulation(call, offset, mask), out, call.geometry_values(),
+            call.scales())
     return out if device else out.copy_to_host()
 
 
@@ -339,16 +357,17 @@ def _backward(call, grad_output, input, rois, offset=None, mask=None) -> RoIPool
     if geo.rois == 0 or math.prod(input.shape) == 0:
         return _deliver(device, grads)
     grads = _deliver(True, grads)
-    moving = None if call.no_trans else _on_device(offset)
-    grad_output, input, rois, mask = map(_on_device, (grad_output, input, rois, mask))
+    moving, modulation = _shift_and_modulation(call, offset, mask)
+    grad_output, input, rois = map(_on_device, (grad_output, input, rois))
     values, scales = call.geometry_values(), call.scales()
-    _launch(_grad_input_kernel, math.prod(input.shape), rois, moving, mask, grad_output,
+    _launch(_grad_input_kernel, math.prod(input.shape), rois, moving, modulation, grad_output,
             grads.grad_input, values, scales)
-    if moving is not None or mask is not None:
+    shifted = offset is not None and not call.no_trans
+    if shifted or mask is not None:
         cells = call.offset_cells
         _launch(_grad_offset_mask_kernel, geo.rois * call.classes * cells[0] * cells[1], input,
-                rois, moving, mask, grad_output, None if moving is None else grads.grad_offset,
-                grads.grad_mask, values, scales)
+                rois, moving, modulation, grad_output, grads.grad_offset if shifted else moving,
+                _optional(grads.grad_mask, 4, geo.dtype), values, scales)
     return _deliver(device, grads)
 
 

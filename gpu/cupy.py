@@ -1,12 +1,21 @@
 """The CUDA C kernels (``deform_conv.cu``, ``ddf.cu``, ``roi_pool.cu``, ``lsdfn.cu``,
 ``mimic_loss.cu``) on a GPU via CuPy (importable as ``refdyn.gpu.cupy``).
 
-Each source is compiled once by NVRTC (``cupy.RawModule``, a module per file) and kept.  Same
-functions and arguments as the NumPy reference of every operator with a GPU mirror in
+Each source is compiled by NVRTC through CuPy (:func:`compile_source`, with
+:data:`NVRTC_OPTIONS`) once per device and kept as a loaded module.  Same functions and
+arguments as the NumPy reference of every operator with a GPU mirror in
 :mod:`refdyn.registry`; NumPy arrays are copied to the device and the results come back as
 NumPy arrays, while CuPy arrays stay on the device (the result is a CuPy array when the first
 array argument is one).  :func:`refdyn.gpu.backend_problem` says whether
 this can run here.
+
+Floating point on the device is IEEE, as in the NumPy reference and the host build
+(``refdyn.gpu.host``): no fused multiply-adds (``--fmad=false``) and float32 subnormals kept,
+not flushed to zero (``-ftz=false``).  That is why the sources are not compiled by
+``cupy.RawModule``: its compile appends ``-ftz=true`` after the caller's options, and NVRTC
+obeys the last of conflicting options, so float32 subnormal inputs and results would become
+zero.  tests/test_gpu_nvrtc.py compiles every source as here for an sm_90 device (H100/H200)
+and checks the options NVRTC receives and the float instructions of the PTX.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from pathlib import Path
 
 import cupy
 import numpy as np
+from cupy.cuda.compiler import compile_using_nvrtc
+from cupy.cuda.function import Module
 
 from refdyn.active_conv import ActiveConvGrads, active_conv2d_backward_via, active_conv2d_via
 from refdyn.ddf_args import DDFGrads, check_ddf_args, check_ddf_backward_args
@@ -41,13 +52,32 @@ MAX_BLOCKS = 65535
 SOURCE_DIR = Path(__file__).resolve().parent
 
 
+#: The NVRTC options of every source; CuPy's compile_using_nvrtc appends the device's
+#: architecture (``-arch=sm_XY``) and ``--device-as-default-execution-space``.
+#: --fmad=false: no fused multiply-adds, so coordinates round as in the NumPy reference and
+#: samples placed exactly on a kink or a skip line stay exactly there.
+#: -ftz=false: float32 subnormals are kept (IEEE), as in the NumPy reference.
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false", "-ftz=false")
+
+
+def compile_source(source_name: str, arch: str | None = None) -> bytes:
+    """The CUDA C file ``source_name`` of this folder compiled by NVRTC with
+    :data:`NVRTC_OPTIONS` for compute capability ``arch`` ("90" for sm_90; default: the current
+    device's): a cubin, or PTX where CuPy is set to compile PTX (``CUPY_COMPILE_WITH_PTX=1``).
+    Raises ``cupy.cuda.compiler.CompileException``, with NVRTC's log, when the source does not
+    compile."""
+    binary, _ = compile_using_nvrtc((SOURCE_DIR / source_name).read_text(), NVRTC_OPTIONS,
+                                    arch=arch, filename=source_name)
+    return binary
+
+
 @lru_cache(maxsize=None)
-def _module(source_name: str) -> cupy.RawModule:
-    """The compiled module of the CUDA C file ``source_name`` of this folder."""
-    # --fmad=false: no fused multiply-adds, so coordinates round as in the NumPy reference and
-    # samples placed exactly on a kink or a skip line stay exactly there.
-    return cupy.RawModule(code=(SOURCE_DIR / source_name).read_text(),
-                          options=("--std=c++17", "--fmad=false"))
+def _module(source_name: str, device_id: int) -> Module:
+    """The CUDA C file ``source_name`` of this folder compiled for device ``device_id`` (the
+    current one) and loaded there."""
+    module = Module()
+    module.load(compile_source(source_name))
+    return module
 
 
 def launch(name: str, total_threads: int, args) -> None:
@@ -55,7 +85,7 @@ def launch(name: str, total_threads: int, args) -> None:
     MAX_BLOCKS blocks); ints are passed as long long, None as a null pointer."""
     blocks = max(1, min(-(-total_threads // THREADS_PER_BLOCK), MAX_BLOCKS))
     arguments = tuple(np.int64(value) if isinstance(value, int) else value for value in args)
-    kernel = _module(_cuda_c.source_of(name)).get_function(name)
+    kernel = _module(_cuda_c.source_of(name), cupy.cuda.Device().id).get_function(name)
     KERNEL_LOG.run(name, args, lambda: kernel((blocks,), (THREADS_PER_BLOCK,), arguments))
 
 

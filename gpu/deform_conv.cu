@@ -378,7 +378,8 @@ __device__ void grad_input_atomic(const Geometry geo, const scalar_t* offset, co
 // Five passes, the lists stored CSR-style (starts = exclusive prefix sum of the sizes):
 //   count_contributions:  sizes[n, g, pixel] += 1 per contribution    (integer atomics)
 //   fill_contributions:   entries[starts + slot] = id, slots taken with integer atomics
-//   sort_contributions:   each list sorted by id (insertion sort; lists are short)
+//   sort_contributions:   each list sorted by id (heapsort, in place: O(s log s) for s ids, even
+//                         when every sample lands on one pixel and s = 4 K H_out W_out)
 //   weigh_contributions:  weights[e] = G(q, p) dm of each entry, once for all the channels
 //   grad_input_gather:    per (n, c, pixel) the sum of col_grad weights in list order,
 // so every run adds the same terms in the same order.
@@ -432,18 +433,38 @@ __device__ void fill_contributions(const Geometry geo, const scalar_t* offset,
     }
 }
 
-// Sorts each list by contribution id (insertion sort); one thread per (n, g, pixel).
+// Sift-down of heapsort: ids[0, size) is a max-heap (ids[e] >= ids[2e + 1], ids[2e + 2]) except
+// perhaps at ids[root]; moves that id down, each step lifting its larger child into its place,
+// until neither child is larger.  O(log size) steps.
+__device__ __forceinline__ void sift_down(index_t* ids, index_t root, index_t size)
+{
+    const index_t id = ids[root];
+    for (index_t child = 2 * root + 1; child < size; child = 2 * root + 1) {
+        if (child + 1 < size && ids[child + 1] > ids[child]) ++child;
+        if (ids[child] <= id) break;
+        ids[root] = ids[child];
+        root = child;
+    }
+    ids[root] = id;
+}
+
+// Sorts each list by contribution id, in place; one thread per (n, g, pixel).  Heapsort: the
+// list is made a max-heap (sift-down from the last parent to the root, O(s)), then s - 1 times
+// the largest id left is swapped to the end of the unsorted part and the root sifted down again:
+// O(s log s) for a list of s ids whatever order fill_contributions left it in, no scratch memory.
+// The ids of a list are distinct, so the order is unique (stability does not matter).
 __device__ void sort_contributions(const Geometry geo, const index_t* starts,
                                    const unsigned long long* sizes, index_t* entries)
 {
     GRID_STRIDE_LOOP(list, geo.batch * geo.offset_groups * geo.pixels()) {
         index_t* ids = entries + starts[list];
         const index_t size = (index_t)sizes[list];
-        for (index_t e = 1; e < size; ++e) {
-            const index_t id = ids[e];
-            index_t at = e;
-            for (; at > 0 && ids[at - 1] > id; --at) ids[at] = ids[at - 1];
-            ids[at] = id;
+        for (index_t root = size / 2 - 1; root >= 0; --root) sift_down(ids, root, size);
+        for (index_t end = size - 1; end > 0; --end) {
+            const index_t largest = ids[0];
+            ids[0] = ids[end];
+            ids[end] = largest;
+            sift_down(ids, 0, end);
         }
     }
 }

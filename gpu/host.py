@@ -53,7 +53,9 @@ BLOCK_THREADS = 3
 
 SOURCE_DIR = Path(__file__).resolve().parent
 COMPAT_HEADER = SOURCE_DIR / "cuda_host_compat.h"
-COMPILE_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC")
+#: -ffp-contract=off: no fused multiply-adds on any host (as the device build's --fmad=false),
+#: so coordinates round as in the NumPy reference.
+COMPILE_FLAGS = ("-O2", "-std=c++17", "-ffp-contract=off", "-shared", "-fPIC")
 
 
 def cache_dir() -> Path:

@@ -16,6 +16,14 @@ Numba device arrays; the kind of ``input`` decides, other arguments are copied t
 when they are on the host).  float32 and float64 both work and every computation stays in
 the input dtype: the kernels are compiled on first use for the argument types of the call,
 and every constant is made with ``array.dtype.type``, so no float32 value is ever widened.
+Compiled kernels are kept in Numba's on-disk cache (``cache=True``), so only the first process
+on a machine pays the compilation (docs/gpu.md gives the cost).
+
+Every launch passes what a device accepts (:func:`refdyn.gpu._numba_support._launch`): device
+arrays, integers, floats, booleans and tuples of them, never ``None``; an optional array that
+is absent (a mask, a bias, an attention map, a gradient not asked for) travels as a zero-size
+stand-in that device code tests with ``_given``.  Under the simulator the same rules are
+checked, so a launch a device would refuse fails in the test suite too.
 
 Kernels (one thread per element, grid-stride loops, 64-bit indices):
 
@@ -44,7 +52,6 @@ array work around the kernels is NumPy on the host (see :func:`active_conv2d`).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -60,8 +67,8 @@ from ._numba_lsdfn import dfn, dfn_backward, lsdfn, lsdfn_backward, lsdfn_sample
 from ._numba_roi import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_align, \
     deform_roi_align_backward, deform_roi_pool, deform_roi_pool_backward, ps_roi_align, \
     ps_roi_align_backward, roi_align, roi_align_backward
-from ._numba_support import _all_finite, _deliver, _is_device_array, _launch, _on_device, \
-    _split, cuda, numba
+from ._numba_support import _all_finite, _deliver, _given, _is_device_array, _launch, \
+    _on_device, _optional, _split, cuda
 
 __all__ = ["deform_conv2d", "deform_conv2d_backward", "active_conv2d", "active_conv2d_backward",
            "ddf", "ddf_backward", "roi_align", "roi_align_backward", "ps_roi_align",
@@ -92,8 +99,8 @@ def _sampling_point(offset, n, gk, i, j, a, b, layer):
 
 @cuda.jit(device=True)
 def _modulation(mask, offset, n, gk, i, j):
-    """dm_k of DCNv2 Eq. 1; 1 without a mask (DCNv1).  Compiled apart for ``mask=None``."""
-    if mask is None:
+    """dm_k of DCNv2 Eq. 1; 1 without a mask (DCNv1: ``mask`` is the zero-size stand-in)."""
+    if not _given(mask):
         return offset.dtype.type(1)
     return mask[n, gk, i, j]
 
@@ -238,7 +245,7 @@ def _column_point(index, offset, columns, kernel_w, layer):
     return n, c, k, i, j, gk, p_y, p_x
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _columns_kernel(total, input, offset, mask, columns, kernel_w, layer, border):
     """columns[n, c, k, i, j] = x_c(p_k) * dm_k, one thread per element (im2col)."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -252,55 +259,48 @@ def _columns_kernel(total, input, offset, mask, columns, kernel_w, layer, border
 _ROWS = 8
 
 
-@functools.lru_cache(maxsize=None)
-def _matmul_kernel(dtype):
-    """The matrix product kernel for elements of the NumPy ``dtype`` (its per-thread array of
-    sums needs the element type when it is compiled)."""
-    element = numba.from_dtype(dtype)
-
-    @cuda.jit
-    def matmul(total, a, b, out, transpose_a, transpose_b, bias):
-        """out[n, g] = A[n, g] B[n, g] (+ bias[g rows + r] on row r when ``bias`` is not None)
-        with A = a or its transpose (``transpose_a``: a[n, g] is (inner, rows)) and B likewise
-        (b[n, g] is (cols, inner)); an operand with one image serves every image.  One thread
-        per strip of _ROWS rows of one column, the sum over the inner index in increasing
-        order (the same on every run), the bias added last."""
-        sums = cuda.local.array(_ROWS, element)
-        groups, rows, cols = out.shape[1], out.shape[2], out.shape[3]
-        strips = -(-rows // _ROWS)
-        inner = a.shape[2] if transpose_a else a.shape[3]
-        for index in range(cuda.grid(1), total, cuda.gridsize(1)):
-            rest, col = _split(index, cols)
-            rest, strip = _split(rest, strips)
-            n, g = _split(rest, groups)
-            na, nb = min(n, a.shape[0] - 1), min(n, b.shape[0] - 1)
-            first = strip * _ROWS
-            for r in range(_ROWS):
-                sums[r] = out.dtype.type(0)
-            for e in range(inner):
-                value = b[nb, g, col, e] if transpose_b else b[nb, g, e, col]
-                for r in range(_ROWS):
-                    if first + r < rows:
-                        sums[r] += (a[na, g, e, first + r] if transpose_a
-                                    else a[na, g, first + r, e]) * value
+@cuda.jit(cache=True)
+def _matmul_kernel(total, a, b, out, transpose_a, transpose_b, bias):
+    """out[n, g] = A[n, g] B[n, g] (+ bias[g rows + r] on row r when a bias is given) with A = a
+    or its transpose (``transpose_a``: a[n, g] is (inner, rows)) and B likewise (b[n, g] is
+    (cols, inner)); an operand with one image serves every image.  One thread per strip of
+    _ROWS rows of one column, the sum over the inner index in increasing order (the same on
+    every run), the bias added last."""
+    sums = cuda.local.array(_ROWS, out.dtype)
+    biased = _given(bias)
+    groups, rows, cols = out.shape[1], out.shape[2], out.shape[3]
+    strips = -(-rows // _ROWS)
+    inner = a.shape[2] if transpose_a else a.shape[3]
+    for index in range(cuda.grid(1), total, cuda.gridsize(1)):
+        rest, col = _split(index, cols)
+        rest, strip = _split(rest, strips)
+        n, g = _split(rest, groups)
+        na, nb = min(n, a.shape[0] - 1), min(n, b.shape[0] - 1)
+        first = strip * _ROWS
+        for r in range(_ROWS):
+            sums[r] = out.dtype.type(0)
+        for e in range(inner):
+            value = b[nb, g, col, e] if transpose_b else b[nb, g, e, col]
             for r in range(_ROWS):
                 if first + r < rows:
-                    if bias is not None:
-                        sums[r] += bias[g * rows + first + r]
-                    out[n, g, first + r, col] = sums[r]
-
-    return matmul
+                    sums[r] += (a[na, g, e, first + r] if transpose_a
+                                else a[na, g, first + r, e]) * value
+        for r in range(_ROWS):
+            if first + r < rows:
+                if biased:
+                    sums[r] += bias[g * rows + first + r]
+                out[n, g, first + r, col] = sums[r]
 
 
 def _matmul(a, b, out, transpose_a=False, transpose_b=False, bias=None):
     """out = A B (+ bias) per (image, group) with 4-D device arrays, as :func:`_matmul_kernel`
     says."""
     total = out.shape[0] * out.shape[1] * -(-out.shape[2] // _ROWS) * out.shape[3]
-    _launch(_matmul_kernel(np.dtype(out.dtype)), total, a, b, out, transpose_a, transpose_b,
-            bias)
+    _launch(_matmul_kernel, total, a, b, out, transpose_a, transpose_b,
+            _optional(bias, 1, out.dtype))
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _sum_images_kernel(total, partial, out):
     """out[g, r, c] = sum_n partial[n, g, r, c], n in increasing order."""
     rows, cols = partial.shape[2], partial.shape[3]
@@ -317,7 +317,7 @@ def _sum_images_kernel(total, partial, out):
 # Backward (DCNv1 Appendix A, Eq. 7; DCNv2 Eq. 1 differentiated with the mask)
 # ---------------------------------------------------------------------------------------------
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, grad_mask,
                              kernel_w, layer, mmcv, border):
     """For each (n, g, k, i, j), summed over the channels c of offset group g:
@@ -329,6 +329,7 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
     out_w = columns.shape[4]
     offset_groups = offset.shape[1] // (2 * taps)
     in_per_offset_group = in_channels // offset_groups
+    modulated = _given(grad_mask)
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         rest, j = _split(index, out_w)
         rest, i = _split(rest, out_h)
@@ -347,15 +348,15 @@ def _offset_mask_grad_kernel(total, input, offset, mask, columns, grad_offset, g
             value, d_y, d_x = _sample_and_coord_grad(input, n, c, neighbours)
             grad_y += column * m * d_y
             grad_x += column * m * d_x
-            if grad_mask is not None:
+            if modulated:
                 grad_m += column * value
         grad_offset[n, 2 * gk, i, j] = grad_y
         grad_offset[n, 2 * gk + 1, i, j] = grad_x
-        if grad_mask is not None:
+        if modulated:
             grad_mask[n, gk, i, j] = grad_m
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _bias_grad_kernel(total, grad_output, grad_bias):
     """grad_bias[o] = sum_{n, i, j} grad_output[n, o, i, j]."""
     batch, _, out_h, out_w = grad_output.shape
@@ -368,14 +369,14 @@ def _bias_grad_kernel(total, grad_output, grad_bias):
         grad_bias[o] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _fill_zero_kernel(total, flat):
     """flat[:] = 0 (a 1-D array of any dtype)."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         flat[index] = 0
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _input_grad_atomic_kernel(total, input, offset, mask, columns, grad_input, kernel_w, layer,
                               border):
     """grad_input[n, c, q] += col * dm * G(q, p) for the 4 neighbours q of each sampling point
@@ -412,7 +413,7 @@ def _contribution(input, offset, index, kernel_w, layer, border, sizes):
     return row, pixel, index - row * (taps * out_h * out_w * 4)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _count_contributions_kernel(total, input, offset, counts, kernel_w, layer, border, sizes):
     """counts[row, pixel] = number of terms landing on each pixel (integer atomics)."""
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -421,7 +422,7 @@ def _count_contributions_kernel(total, input, offset, counts, kernel_w, layer, b
             cuda.atomic.add(counts, (row, pixel), 1)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _chunk_totals_kernel(total, counts, totals):
     """totals[row, q] = sum(counts[row, q * _SCAN_CHUNK:(q + 1) * _SCAN_CHUNK])."""
     length = counts.shape[1]
@@ -433,7 +434,7 @@ def _chunk_totals_kernel(total, counts, totals):
         totals[row, chunk] = acc
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _row_starts_kernel(total, counts, totals, starts):
     """starts[row, p] = sum(counts[row, :p]) for p = 0..L (exclusive prefix sum): one thread per
     chunk adds up the totals of the chunks before it, then runs through its own chunk."""
@@ -451,7 +452,7 @@ def _row_starts_kernel(total, counts, totals, starts):
             starts[row, length] = running
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _place_contributions_kernel(total, input, offset, counts, starts, entries, kernel_w, layer,
                                 border, sizes):
     """Writes each term's id into its pixel's list, at a slot taken by counting counts[row,
@@ -464,23 +465,47 @@ def _place_contributions_kernel(total, input, offset, counts, starts, entries, k
             entries[row, starts[row, pixel] + slot] = contribution
 
 
-@cuda.jit
+@cuda.jit(device=True)
+def _sift_down(ids, root, size):
+    """Sift-down of heapsort: ids[:size] is a max-heap (ids[e] >= ids[2e + 1], ids[2e + 2])
+    except perhaps at ids[root]; moves that id down, each step to the place of its larger child,
+    until neither child is larger.  O(log size) steps."""
+    key = ids[root]
+    child = 2 * root + 1
+    while child < size:
+        if child + 1 < size and ids[child + 1] > ids[child]:
+            child += 1
+        if ids[child] <= key:
+            break
+        ids[root] = ids[child]
+        root = child
+        child = 2 * root + 1
+    ids[root] = key
+
+
+@cuda.jit(cache=True)
 def _sort_contributions_kernel(total, starts, entries):
-    """Insertion sort of each pixel's list of ids (lists are short: about 4 K per pixel)."""
+    """Sorts each pixel's list of ids in place, one thread per (row, pixel), by heapsort: the
+    list is made a max-heap (sift-down from the last parent to the root, O(s)), then s - 1 times
+    the largest id left is swapped to the end of the unsorted part and the root sifted down
+    again.  O(s log s) for a list of s ids whatever order the atomics placed them in (s reaches
+    4 K H_out W_out when every sample lands on one pixel), no scratch memory; the ids of a list
+    are distinct, so stability does not matter."""
     pixels = starts.shape[1] - 1
     for index in range(cuda.grid(1), total, cuda.gridsize(1)):
         row, pixel = _split(index, pixels)
-        first = starts[row, pixel]
-        for e in range(first + 1, starts[row, pixel + 1]):
-            key = entries[row, e]
-            f = e - 1
-            while f >= first and entries[row, f] > key:
-                entries[row, f + 1] = entries[row, f]
-                f -= 1
-            entries[row, f + 1] = key
+        ids = entries[row, starts[row, pixel]:starts[row, pixel + 1]]
+        size = ids.shape[0]
+        for root in range(size // 2 - 1, -1, -1):
+            _sift_down(ids, root, size)
+        for end in range(size - 1, 0, -1):
+            largest = ids[0]
+            ids[0] = ids[end]
+            ids[end] = largest
+            _sift_down(ids, 0, end)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _weigh_contributions_kernel(total, input, offset, mask, starts, entries, weights, kernel_w,
                                 layer, border, sizes):
     """weights[row, e] = G(q, p) * dm of each listed term (corner q of sample p), once for all
@@ -502,7 +527,7 @@ def _weigh_contributions_kernel(total, input, offset, mask, starts, entries, wei
             weights[row, e] = weight * _modulation(mask, offset, n, gk, i, j)
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _input_grad_gather_kernel(total, columns, starts, entries, weights, grad_input):
     """grad_input[n, c, y, x] = sum over the sorted list of (n, g(c), pixel) of col * G(q, p) dm,
     in increasing contribution id: no floating-point atomics, the same bits on every run."""
@@ -577,7 +602,8 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
         out = np.zeros(geo.output_shape, dtype=geo.dtype)
         return cuda.to_device(out) if device else out
     weight = _on_device(weight)
-    columns = _sampled_columns(geo, _on_device(input), _on_device(offset), _on_device(mask))
+    columns = _sampled_columns(geo, _on_device(input), _on_device(offset),
+                               _optional(mask, 4, geo.dtype))
     out = cuda.device_array(geo.output_shape, dtype=geo.dtype)
     _matmul(_one_image(geo.weight_matrices(weight)), geo.group_matrices(columns),
             geo.group_matrices(out), bias=_on_device(bias))
@@ -607,8 +633,10 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
             grad_bias=np.zeros(bias.shape, dtype=geo.dtype) if bias is not None else None,
             grad_mask=np.zeros(mask.shape, dtype=geo.dtype) if mask is not None else None))
 
-    grad_output, input, offset, weight, mask = (
-        _on_device(a) for a in (grad_output, input, offset, weight, mask))
+    modulated = mask is not None
+    grad_output, input, offset, weight = (
+        _on_device(a) for a in (grad_output, input, offset, weight))
+    mask = _optional(mask, 4, geo.dtype)
     layer, border = _layer(geo), _border(geo)
     kernel_w = geo.kernel_w
     batch, taps, out_h, out_w = geo.batch, geo.taps, geo.out_h, geo.out_w
@@ -621,7 +649,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
     _matmul(weights, go, geo.group_matrices(columns), transpose_a=True)
 
     grad_offset = cuda.device_array(offset.shape, dtype=dtype)
-    grad_mask = cuda.device_array(mask.shape, dtype=dtype) if mask is not None else None
+    grad_mask = cuda.device_array(mask.shape, dtype=dtype)  # the stand-in without a mask
     _launch(_offset_mask_grad_kernel, batch * geo.offset_groups * taps * out_h * out_w,
             input, offset, mask, columns, grad_offset, grad_mask, kernel_w, layer,
             coord_grad == "mmcv", border)
@@ -649,7 +677,7 @@ def deform_conv2d_backward(grad_output, input, offset, weight, bias=None, stride
 
     return _deliver(device, DeformConvGrads(grad_input=grad_input, grad_offset=grad_offset,
                                             grad_weight=grad_weight, grad_bias=grad_bias,
-                                            grad_mask=grad_mask))
+                                            grad_mask=grad_mask if modulated else None))
 
 
 def _contribution_sizes(geo) -> tuple[int, int, int, int]:

@@ -58,6 +58,13 @@ def check_shape(array, name: str, expected: tuple[int, ...], meaning: str) -> No
                          f"got {tuple(array.shape)}")
 
 
+def check_at_most(value: int, name: str, limit: int, what: str) -> int:
+    """``value`` must not exceed ``limit``; ``what`` says what is counted and names the limit."""
+    if value > limit:
+        raise ValueError(f"{name} must be <= {limit} ({what}), got {value}")
+    return value
+
+
 def check_finite(array, name: str, all_finite: Callable) -> None:
     """Raise ``ValueError`` if ``array`` holds NaN or infinity (``all_finite(array) -> bool``)."""
     if not all_finite(array):

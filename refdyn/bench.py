@@ -1,7 +1,7 @@
 """``refdyn bench``: refdyn's backends and the peers installed beside them, timed in one process.
 
-    refdyn bench [--case standard,scaling,operators] [--repeats 5] [--threads N] [--quick]
-                 [--json PATH]
+    refdyn bench [--case standard,scaling,operators,deterministic] [--repeats 5] [--threads N]
+                 [--quick] [--json PATH]
     python -m refdyn.bench ...           (the same)
 
 Cases (``--case``, comma-separated; all by default):
@@ -18,13 +18,17 @@ Cases (``--case``, comma-separated; all by default):
 - ``operators``: one case each of roi_align (128 RoIs of a 256-channel map), LS-DFN (s=3) and
   DDF (3x3, 64 channels), NumPy against the GPU backends present (and, for DDF, a depthwise
   convolution of the same size on the GPU).
+- ``deterministic``: the per-pixel sort of the deterministic grad_input in its worst case
+  (every contribution on one pixel), and that backward's kernels against the atomic one's, on
+  the host build (:mod:`refdyn.bench_deterministic`: CPU numbers of the algorithm).
 
 Every timed implementation is first checked against the float64 NumPy reference on the same
 (float32) inputs; one that disagrees is reported and not timed.  Each pass runs once to warm
 up, then ``--repeats`` times (median and minimum of wall time; GPU calls on device arrays,
 ended by a device synchronization).  ``--quick`` shrinks every case (for tests; not a
 measurement).  The ``host`` backend (the CUDA C compiled for the CPU, one thread per loop
-iteration) is an emulation taking seconds per call and is not timed.
+iteration) is an emulation taking seconds per call and is not timed, except by the
+``deterministic`` case, which measures how the sort's cost grows.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from . import bench_deterministic
 from .bench_peers import PeerPasses, cpu_threads, grad_errors, onnxruntime_deform_conv2d, ready, \
     torch_cpu_deform_conv2d, torch_cuda_depthwise_conv2d, torchvision_cuda_deform_conv2d
 from .deform_conv import DEFAULT_CHUNK_ELEMENTS, extra_memory_bound
@@ -55,7 +60,7 @@ from .testing.deform_conv_cases import DeformConvConfig
 from .testing.lsdfn_cases import LSDFNConfig
 from .testing.roi_cases import RoIPoolConfig
 
-CASES = ("standard", "scaling", "operators")
+CASES = ("standard", "scaling", "operators", "deterministic")
 PASSES = ("forward", "backward", "forward+backward")
 DEFAULT_REPEATS = 5
 #: Largest error (max |peer - reference| / max(1, max |reference|)) a float32 implementation
@@ -647,6 +652,8 @@ def format_report(report: dict) -> str:
         for case in report["operators"]["cases"]:
             lines += [f"{case['operator']}: {short(case['config'])}"]
             lines += format_rows(case["rows"], bandwidth) + format_ratios(case["ratios"])
+    if "deterministic" in report:
+        lines += ["", *bench_deterministic.format_section(report["deterministic"])]
     lines += ["", "goals:"]
     for goal in report["goals"]:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[goal["met"]]
@@ -710,6 +717,9 @@ def run(options) -> dict:
         report["scaling"] = run_scaling(options.repeats, options.quick, threads)
     if "operators" in options.case:
         report["operators"] = run_operators(options.repeats, options.quick)
+    if "deterministic" in options.case:
+        report["deterministic"] = bench_deterministic.run(options.repeats, options.quick,
+                                                          standard_config(options.quick))
     report["goals"] = goals(report)
     print(format_report(report))
     if options.json:

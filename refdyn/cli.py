@@ -6,6 +6,11 @@ reference (scaled by the largest expected magnitude), the finite-difference chec
 largest adjoint (dot-product) residual.  Backends that cannot run here are named with the
 reason.  The exit status is 1 if any check fails.
 
+``refdyn check --gpu-report FILE`` is the one command for a machine with a GPU: every GPU
+backend checked, the standard layer timed against torchvision CUDA and the GPU tests run, each
+step in a child process under a time limit, written to a Markdown report
+(:mod:`refdyn.gpu_report`).
+
 ``refdyn validate TARGET`` compares another implementation (ONNX Runtime, the ONNX reference
 evaluator, torchvision) with refdyn per operator and configuration class, reports documented
 convention differences apart, and exits with 1 on any real disagreement
@@ -30,6 +35,8 @@ from . import __version__
 from .bench import add_arguments as add_bench_arguments, command_bench
 from .checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
+from .gpu_report import DEFAULT_TESTS, DEFAULT_TIME_BUDGET, \
+    add_arguments as add_gpu_report_arguments, backend_label, command_gpu_report
 from .registry import BACKENDS, OPERATORS, REFERENCE_BACKEND, Operator, load
 from .testing.targets import DEFAULT_EXAMPLES, DEFAULT_TIME_LIMIT, TARGETS
 
@@ -112,12 +119,6 @@ def run_check(thorough: bool, backends, operators) -> list[Row]:
     return rows
 
 
-def backend_label(backend: str) -> str:
-    """The backend's name, marked when Numba kernels run under the CUDA simulator."""
-    from refdyn.gpu import numba_uses_simulator
-    return f"{backend} (simulator)" if backend == "numba" and numba_uses_simulator() else backend
-
-
 def format_table(rows: list[Row]) -> str:
     header = ("operator", "backend", "cases", "fwd err", "bwd err", "finite diff", "adjoint",
               "verdict")
@@ -136,6 +137,14 @@ def format_table(rows: list[Row]) -> str:
 
 
 def command_check(args) -> int:
+    if args.gpu_report:
+        return command_gpu_report(args)
+    report_only = [option for option, given in (
+        ("--step-time-limit", args.step_time_limit is not None),
+        ("--time-budget", args.time_budget != DEFAULT_TIME_BUDGET),
+        ("--tests", args.tests != DEFAULT_TESTS), ("--quick", args.quick)) if given]
+    if report_only:
+        raise SystemExit(f"refdyn check: {', '.join(report_only)} only with --gpu-report FILE")
     rows = run_check(args.thorough, args.backend or BACKENDS, args.operator or list(OPERATORS))
     print(format_table(rows))
     print("\nErrors are max |actual - reference| / max(1, max |reference|); the finite-difference "
@@ -179,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only this backend (repeatable)")
     check.add_argument("--operator", action="append", choices=sorted(OPERATORS),
                        help="only this operator (repeatable)")
+    add_gpu_report_arguments(check)
     check.set_defaults(run=command_check)
     validate = commands.add_parser(
         "validate", help="compare another implementation with refdyn (conformance report)")
@@ -201,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)   # the command, for reports
     return args.run(args)
 
 

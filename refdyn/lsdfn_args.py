@@ -26,6 +26,9 @@ run from 0, so the samples sit below and to the right of (y, x)); ``indexing="ce
 default): o_s(a) = (a - floor((s-1)/2)) gamma, o_k(j) = j - floor((k-1)/2), both centred on
 (y, x) (exactly for odd s and k).  Reads outside the map are zero; A_pos read at a centre
 (y^, x^) outside the map is zero too, so its residual weight 1 + A_pos is 1 there.
+
+Limits (checked by every backend before any work): samples <= MAX_SAMPLES and gamma <=
+MAX_GAMMA, so that no kernel loops practically forever and no pixel offset wraps.
 """
 
 from __future__ import annotations
@@ -35,8 +38,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._checks import check_finite, check_float_array, check_shape, numpy_all_finite
+from ._checks import check_at_most, check_finite, check_float_array, check_shape, \
+    numpy_all_finite
 from .ddf_args import check_positive_int
+
+#: The most samples per axis, s: each output takes s * s samples (4096 at most) and the
+#: max-fusion backward compares every pair of an output's samples (s**4 = 2**24 at most); the
+#: paper's large sampling fields take a few samples per axis at a wide stride gamma.
+MAX_SAMPLES = 64
+#: The largest sample stride: a C int, as every stride and dilation; the farthest sample then
+#: lies (s - 1) gamma < 2**37 pixels away, far from wrapping a 64-bit index.
+MAX_GAMMA = 2 ** 31 - 1
 
 KERNEL_FORMS = ("described", "printed")
 ATTENTIONS = ("factorized", "full", None)
@@ -167,8 +179,14 @@ def _check_features(features) -> tuple[np.dtype, tuple[int, int, int, int]]:
 
 
 def _check_sampling(samples, gamma, kernel_size, indexing):
-    samples = check_positive_int(samples, "samples")
-    gamma = check_positive_int(gamma, "gamma")
+    """samples in [1, MAX_SAMPLES], gamma in [1, MAX_GAMMA], kernel_size >= 1, a known indexing.
+
+    The limits keep every kernel finite and its 64-bit pixel offsets far from wrapping: without
+    attention arrays no input's shape bounds s, and each output loops over s * s samples."""
+    samples = check_at_most(check_positive_int(samples, "samples"), "samples", MAX_SAMPLES,
+                            "samples per axis, MAX_SAMPLES")
+    gamma = check_at_most(check_positive_int(gamma, "gamma"), "gamma", MAX_GAMMA,
+                          "the sample stride, MAX_GAMMA")
     kernel_size = check_positive_int(kernel_size, "kernel_size")
     _check_choice(indexing, "indexing", INDEXINGS)
     return samples, gamma, kernel_size

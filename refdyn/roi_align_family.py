@@ -46,20 +46,26 @@ from typing import Callable
 
 import numpy as np
 
-from ._checks import numpy_all_finite
+from ._checks import check_at_most, numpy_all_finite
 from .bilinear import check_coord_grad, sample_point, sample_point_grad, scatter_point
 from .roi_pooling import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
-from .roi_pool_args import RoIPoolGrads, check_bin_array, check_finite_number, check_grad_output, \
-    check_roi_input
+from .roi_pool_args import MAX_SAMPLES_PER_AXIS, RoIPoolGrads, check_bin_array, \
+    check_finite_number, check_grad_output, check_roi_input, check_roi_work
 
 BOUNDARY = "roi_align"
 
 
 def check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                          gamma, all_finite: Callable = numpy_all_finite,
-                         position_sensitive: bool = False):
+                         position_sensitive: bool = False, aligned: bool = True):
     """The checks of every operator of this module (``all_finite`` tests device arrays on the
-    GPU backends); position-sensitive pooling needs C = C_out P_h P_w input channels."""
+    GPU backends); position-sensitive pooling needs C = C_out P_h P_w input channels.
+
+    Work limits (:func:`refdyn.roi_pool_args.check_roi_work`): sampling_ratio <=
+    MAX_SAMPLES_PER_AXIS; every RoI finite in feature-map pixels and, with sampling_ratio <= 0,
+    its adaptive ceil(h / P_h) and ceil(w / P_w) <= MAX_SAMPLES_PER_AXIS too (h and w by
+    roi_align's ``aligned`` rule; the other operators are always aligned); the forward at most
+    MAX_TOTAL_SAMPLES samples."""
     geo = check_roi_input(input, rois, output_size, spatial_scale, all_finite)
     bins = geo.pooled[0] * geo.pooled[1]
     if position_sensitive and geo.channels % bins:
@@ -67,9 +73,20 @@ def check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, 
                          f"P_h * P_w = {bins} channels, got {tuple(input.shape)}")
     if isinstance(sampling_ratio, (bool, np.bool_)) or not isinstance(sampling_ratio, (int, np.integer)):
         raise TypeError(f"sampling_ratio must be an int (<= 0: adaptive), got {sampling_ratio!r}")
+    check_at_most(sampling_ratio, "sampling_ratio", MAX_SAMPLES_PER_AXIS,
+                  "samples per bin axis, MAX_SAMPLES_PER_AXIS")
     check_finite_number(gamma, "gamma")
     check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)", all_finite)
     check_bin_array(mask, "mask", geo, 1, geo.pooled, "(R, 1, P_h, P_w)", all_finite)
+
+    def samples(h, w):
+        return (_grid_size(h, geo.pooled[0], sampling_ratio),
+                _grid_size(w, geo.pooled[1], sampling_ratio))
+
+    check_roi_work(geo, output_channels(geo, position_sensitive), rois, spatial_scale,
+                   lambda roi: _aligned_roi(roi, spatial_scale, aligned)[1:], samples,
+                   "adaptive sampling (sampling_ratio <= 0) takes ceil(size / P) samples per "
+                   "bin axis; pass sampling_ratio > 0, or a smaller RoI or spatial_scale")
     return geo
 
 
@@ -125,7 +142,7 @@ def _literal(input, rois, offset, mask, geo, spatial_scale, sampling_ratio, alig
 def _forward_literal(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                      aligned, gamma, position_sensitive=False):
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                               gamma, position_sensitive=position_sensitive)
+                               gamma, position_sensitive=position_sensitive, aligned=aligned)
     out = np.zeros((geo.rois, output_channels(geo, position_sensitive)) + geo.pooled)
     for r, n, c, ch, i, j, points, _, _, dm in _literal(input, rois, offset, mask, geo, spatial_scale,
                                                         sampling_ratio, aligned, gamma,
@@ -139,7 +156,7 @@ def _backward_literal(grad_output, input, rois, offset, mask, output_size, spati
                       sampling_ratio, aligned, gamma, position_sensitive=False,
                       coord_grad="torchvision") -> RoIPoolGrads:
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                               gamma, position_sensitive=position_sensitive)
+                               gamma, position_sensitive=position_sensitive, aligned=aligned)
     check_coord_grad(coord_grad)
     check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape)
@@ -192,7 +209,7 @@ def _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligne
 def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio, aligned, gamma,
              position_sensitive=False):
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                               gamma, position_sensitive=position_sensitive)
+                               gamma, position_sensitive=position_sensitive, aligned=aligned)
     out = np.zeros((geo.rois, output_channels(geo, position_sensitive)) + geo.pooled, dtype=geo.dtype)
     for r in range(geo.rois):
         out[r] = _roi_bins(input, rois, offset, geo, r, spatial_scale, sampling_ratio, aligned,
@@ -203,7 +220,7 @@ def _forward(input, rois, offset, mask, output_size, spatial_scale, sampling_rat
 def _backward(grad_output, input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
               aligned, gamma, position_sensitive=False, coord_grad="torchvision") -> RoIPoolGrads:
     geo = check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
-                               gamma, position_sensitive=position_sensitive)
+                               gamma, position_sensitive=position_sensitive, aligned=aligned)
     check_coord_grad(coord_grad)
     check_grad_output(grad_output, geo, output_channels(geo, position_sensitive))
     grad_input = np.zeros(input.shape, dtype=geo.dtype)

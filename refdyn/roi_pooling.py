@@ -38,11 +38,12 @@ from typing import Callable
 
 import numpy as np
 
-from ._checks import numpy_all_finite
+from ._checks import check_at_most, numpy_all_finite
 from .bilinear import Stencil, coord_grads_with, gather_corners, interpolate, make_stencil, \
     sample_point, sample_point_grad, scatter_add, scatter_point
-from .roi_pool_args import RoIGeometry, RoIPoolGrads, check_bin_array, check_finite_number, \
-    check_grad_output, check_positive_int, check_roi_input
+from .roi_pool_args import MAX_POOLED, MAX_SAMPLES_PER_AXIS, RoIGeometry, RoIPoolGrads, \
+    check_bin_array, check_finite_number, check_grad_output, check_positive_int, check_roi_input, \
+    check_roi_work
 
 # ---------------------------------------------------------------------------------------------
 # Shared vectorized machinery: the sampling grid of one RoI and the averaging of its bins
@@ -151,9 +152,19 @@ def _grads_in_dtype(dtype, grad_input, grad_offset=None, grad_mask=None) -> RoIP
 
 def check_deform_roi_pool_args(input, rois, offset, output_size, spatial_scale, gamma,
                                all_finite: Callable = numpy_all_finite) -> RoIGeometry:
+    """The checks of deform_roi_pool and roi_pool; work limits
+    (:func:`refdyn.roi_pool_args.check_roi_work`): every RoI finite in feature-map pixels, its
+    widest Eq. 5 bin (:func:`_eq5_widest`) at most MAX_SAMPLES_PER_AXIS points per axis, and the
+    forward at most MAX_TOTAL_SAMPLES samples."""
     geo = check_roi_input(input, rois, output_size, spatial_scale, all_finite)
     check_finite_number(gamma, "gamma")
     check_bin_array(offset, "offset", geo, 2, geo.pooled, "(R, 2, P_h, P_w)", all_finite)
+    check_roi_work(geo, geo.channels, rois, spatial_scale,
+                   lambda roi: _dcn_roi(roi, spatial_scale)[1:],
+                   lambda h, w: (_eq5_widest(h, geo.pooled[0]), _eq5_widest(w, geo.pooled[1])),
+                   "a DCNv1 Eq. 5 bin takes every integer point in it, up to size / P when that "
+                   "is an integer and floor(size / P) + 2 otherwise; pass a smaller RoI or "
+                   "spatial_scale, or a larger output_size")
     return geo
 
 
@@ -167,6 +178,16 @@ def _dcn_roi(roi, spatial_scale):
 def _eq5_span(i: int, size: float, bins: int) -> range:
     """The integer points of bin i along one axis: floor(i size / k) <= p < ceil((i + 1) size / k)."""
     return range(math.floor(i * size / bins), math.ceil((i + 1) * size / bins))
+
+
+def _eq5_widest(size: float, bins: int) -> int:
+    """The most points a bin of :func:`_eq5_span` holds along an axis of this size: with
+    x = size / bins, bin i holds ceil((i + 1) x) - floor(i x) = ceil(frac(i x) + x) points, which
+    is x for every bin when x is an integer and at most floor(x) + 2 otherwise (and never
+    negative: a RoI of size <= 0 has bins of at most one point)."""
+    per_bin = size / bins
+    whole = math.floor(per_bin)
+    return max(whole if per_bin == whole else whole + 2, 0)
 
 
 def _eq5_axis(start: float, size: float, bins: int):
@@ -316,11 +337,18 @@ class PSRoIParams:
 def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim, group_size,
                                   pooled_size, part_size, sample_per_part, trans_std, no_trans,
                                   all_finite: Callable = numpy_all_finite):
+    """The checks of deform_ps_roi_pool and ps_roi_pool, returning (geometry, PSRoIParams);
+    work limits (:func:`refdyn.roi_pool_args.check_roi_work`): sample_per_part <=
+    MAX_SAMPLES_PER_AXIS, pooled_size <= MAX_POOLED, every RoI finite in feature-map pixels and
+    the forward at most MAX_TOTAL_SAMPLES samples."""
     output_dim = check_positive_int(output_dim, "output_dim")
     group_size = check_positive_int(group_size, "group_size")
-    pooled_size = check_positive_int(pooled_size, "pooled_size")
+    pooled_size = check_at_most(check_positive_int(pooled_size, "pooled_size"), "pooled_size",
+                                MAX_POOLED, "bins per axis, MAX_POOLED")
     part_size = check_positive_int(part_size, "part_size", minimum=0) or pooled_size
-    sample_per_part = check_positive_int(sample_per_part, "sample_per_part")
+    sample_per_part = check_at_most(check_positive_int(sample_per_part, "sample_per_part"),
+                                    "sample_per_part", MAX_SAMPLES_PER_AXIS,
+                                    "samples per bin axis, MAX_SAMPLES_PER_AXIS")
     trans_std = check_finite_number(trans_std, "trans_std")
     geo = check_roi_input(input, rois, pooled_size, spatial_scale, all_finite)
     if geo.channels != output_dim * group_size * group_size:
@@ -337,6 +365,10 @@ def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim
                         "(R, 2 * classes, part_size, part_size)", all_finite)
     params = PSRoIParams(output_dim, group_size, pooled_size, part_size, sample_per_part,
                          trans_std, bool(no_trans) or offset is None, classes)
+    check_roi_work(geo, output_dim, rois, spatial_scale,
+                   lambda roi: official_roi(roi, spatial_scale)[1:],
+                   lambda h, w: (sample_per_part, sample_per_part),
+                   "every bin takes sample_per_part samples per axis")
     return geo, params
 
 

@@ -107,3 +107,9 @@ def assert_rejected():
         with pytest.raises(error, match=message):
             backward(**arguments)
     return check
+
+
+def pytest_collection_modifyitems(items):
+    """test_gpu_numba_ptx.py runs last: it compiles every Numba kernel variant the session
+    launched."""
+    items.sort(key=lambda item: item.path.name == "test_gpu_numba_ptx.py")

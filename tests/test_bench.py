@@ -136,8 +136,12 @@ def test_gpu_rows_run_end_to_end_on_the_numba_simulator(monkeypatch, nb):
     standing in for a device, the Numba rows are checked against the float64 reference and
     timed, and their achieved bandwidth is reported (on a GPU this runs on the device)."""
     from refdyn import gpu
-    devices = max(1, gpu.cuda_device_count())
-    monkeypatch.setattr(gpu, "cuda_device_count", lambda: devices)
+    devices = gpu.cuda_device_count()
+    monkeypatch.setattr(gpu, "cuda_device_count", lambda: max(1, devices))
+    if devices == 0:  # the simulator stands in for Numba only: CuPy needs a real device
+        real_problem = gpu.backend_problem
+        monkeypatch.setattr(gpu, "backend_problem", lambda backend: "no CUDA device"
+                            if backend == "cupy" else real_problem(backend))
     report = bench.run(bench.build_parser().parse_args(
         ["--quick", "--repeats", "1", "--case", "standard"]))
     numba_rows = [row for row in report["standard"]["rows"]

@@ -62,3 +62,18 @@ def test_table_formatting_aligns_columns():
     lines = cli.format_table(rows).splitlines()
     assert len({len(line.rstrip()) for line in lines[:2]}) == 1
     assert lines[3].rstrip().endswith("not run")
+
+
+def test_the_cli_imports_without_refdyn_gpu():
+    """``python -m refdyn.cli`` from a source checkout, as ``refdyn validate`` starts its
+    workers, has no ``refdyn.gpu`` (the package maps gpu/ there only when installed): the CLI
+    must import and build its parser without it."""
+    code = ("import sys; sys.modules['refdyn.gpu'] = None; import refdyn.cli; "
+            "refdyn.cli.build_parser().parse_args(['check', '--help'])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "usage: refdyn check" in result.stdout, result.stderr[-2000:]
+
+
+def test_report_options_need_the_report():
+    with pytest.raises(SystemExit, match=r"--tests, --quick only with --gpu-report FILE"):
+        cli.main(["check", "--quick", "--tests", "test_gpu_cuda_c.py"])
