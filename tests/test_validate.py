@@ -373,3 +373,22 @@ def test_a_new_worker_goes_on_after_the_class_a_framework_hung_in(monkeypatch):
     assert hung.verdict == "CRASHED OR HUNG" and "hung" in hung.counterexample
     assert "configuration X" in hung.counterexample
     assert ran.verdict == "agrees" and ran.examples == 5
+
+
+def test_paddle_backward_leaves_out_aligned_rois_below_one_pixel_inverted_ones_included():
+    """Paddle's roi_align backward clamps every side to >= 1 pixel, so an inverted side (negative)
+    is as far from its forward as a tiny one; the CI run of the whole matrix found the inverted
+    RoI [2.80, 2.40, 1.79, 0.95] (sides -1.0 and -1.4) when only |side| < 1 was left out."""
+    from refdyn.testing.framework_targets import aligned_roi_below_one_pixel
+    from refdyn.testing.roi_cases import RoIPoolConfig
+
+    def config(**kwargs):      # seed 3: one RoI, sides 3.05 and 2.00 (inverted: their negatives)
+        return RoIPoolConfig(operator="roi_align", aligned=True, sampling_ratio=1, rois=1,
+                             seed=3, **kwargs)
+
+    assert aligned_roi_below_one_pixel("roi_align", config(roi_kind="inverted"))
+    assert aligned_roi_below_one_pixel("roi_align", config(roi_kind="tiny"))
+    assert not aligned_roi_below_one_pixel("roi_align", config(roi_kind="inside"))
+    assert not aligned_roi_below_one_pixel(
+        "roi_align", dataclasses.replace(config(roi_kind="inverted"), aligned=False))
+    assert not aligned_roi_below_one_pixel("ps_roi_align", config(roi_kind="inverted"))

@@ -149,11 +149,12 @@ def probe_paddle_inverted_roi(seconds: float = 30) -> str:
 
 
 def aligned_roi_below_one_pixel(operator: str, config) -> bool:
-    """An aligned roi_align RoI with a side below one feature-map pixel."""
+    """An aligned roi_align RoI with a side below one feature-map pixel, inverted sides
+    (x2 < x1 or y2 < y1: negative) included."""
     if operator != "roi_align" or not config.aligned or config.rois == 0:
         return False
     rois = make_roi_case(config).arrays["rois"].astype(np.float64)
-    sides = np.abs(rois[:, 3:5] - rois[:, 1:3]) * config.spatial_scale
+    sides = (rois[:, 3:5] - rois[:, 1:3]) * config.spatial_scale
     return bool(np.any(sides < 1))
 
 

@@ -500,7 +500,8 @@ def _paddle_known_differences() -> list[KnownDifference]:
         KnownDifference(
             "defect: Paddle's roi_align backward clamps the RoI size to >= 1 pixel even when "
             "aligned (its forward does not), so for an aligned RoI with a side below one pixel "
-            "it is not the gradient of the forward; such configurations are left out above",
+            "(an inverted side, x2 < x1 or y2 < y1, included) it is not the gradient of the "
+            "forward; such configurations are left out above",
             "measured against the transpose of Paddle's own forward",
             paddle.probe_paddle_aligned_backward, paddle.aligned_roi_below_one_pixel,
             ("roi_align", {"roi_kinds": ("tiny",), "dtypes": ("float64",)}))]
