@@ -110,10 +110,12 @@ def last_line(output: str) -> tuple[bool, str]:
 
 @dataclass
 class Step:
-    """One step: ``command`` run in a child process (in ``cwd``) under ``time_limit`` seconds,
-    or not run when ``skip`` (SKIPPED) or ``failure`` (FAILED) says why.  ``judge`` turns the
-    finished child's standard output into (ok, detail); an exit status other than 0 fails the
-    step whatever it says."""
+    """One step: ``command`` run in a child process under ``time_limit`` seconds, or not run
+    when ``skip`` (SKIPPED) or ``failure`` (FAILED) says why.  ``judge`` turns the finished
+    child's standard output into (ok, detail); an exit status other than 0 fails the step
+    whatever it says.  The child runs in an empty folder of its own: ``python -m`` puts the
+    current folder first on the import path, and in a checkout that would import the source
+    folder ``refdyn/``, which has no ``refdyn.gpu`` (gpu/ becomes refdyn.gpu when installed)."""
 
     title: str
     command: tuple[str, ...] = ()
@@ -121,7 +123,6 @@ class Step:
     skip: str = ""
     failure: str = ""
     judge: Callable[[str], tuple[bool, str]] = last_line
-    cwd: Optional[str] = None
 
 
 @dataclass
@@ -154,10 +155,11 @@ def run_step(step: Step, time_limit: float) -> StepResult:
         return StepResult(step.title, SKIPPED, detail=step.skip)
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}   # output up to a kill is kept
     start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.TemporaryDirectory(prefix="refdyn-gpu-report-") as empty:
         try:
             child = subprocess.Popen(step.command, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=err, cwd=step.cwd, env=environment,
+                                     stderr=err, cwd=empty, env=environment,
                                      start_new_session=True)
         except OSError as error:
             return StepResult(step.title, FAILED, detail=f"could not start: {error}")
@@ -355,14 +357,15 @@ def pytest_judge(output: str) -> tuple[bool, str]:
     return True, counts[-1] if counts else "no pytest summary line"
 
 
-def checkout_test_files(pattern: str) -> tuple[Optional[Path], list[str]]:
-    """The checkout holding ``tests/<pattern>`` (the one of this package, else the current
-    folder) and those files relative to it, but for :data:`OWN_TESTS`."""
+def checkout_test_files(pattern: str) -> list[str]:
+    """The files ``tests/<pattern>`` of the checkout (the one of this package, else the
+    current folder), as absolute paths (pytest finds the checkout's configuration from them),
+    but for :data:`OWN_TESTS`."""
     for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
         files = sorted(path for path in (root / "tests").glob(pattern) if path.name != OWN_TESTS)
         if files:
-            return root, [str(path.relative_to(root)) for path in files]
-    return None, []
+            return [str(path.resolve()) for path in files]
+    return []
 
 
 def gpu_report_steps(report_path: str, backends=GPU_BACKENDS, operators=(),
@@ -400,12 +403,12 @@ def gpu_report_steps(report_path: str, backends=GPU_BACKENDS, operators=(),
         "CUDA", (python, "-m", "refdyn.bench", "--case", "standard", "--repeats",
                  str(1 if quick else BENCH_REPEATS), "--json", bench_json, *quick_flag),
         limit("bench"), judge=bench_judge(bench_json)))
-    root, files = checkout_test_files(tests)
+    files = checkout_test_files(tests)
     absent = not_installed(("pytest", "hypothesis"), "pip install '.[test]'")
     steps.append(Step(
         f"the GPU test files under pytest (tests/{tests})",
         (python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *files),
-        limit("pytest"), judge=pytest_judge, cwd=None if root is None else str(root),
+        limit("pytest"), judge=pytest_judge,
         skip=absent or ("" if files else f"no tests/{tests} in this checkout or the current "
                                          "folder (run the report from a checkout)")))
     return steps

@@ -52,7 +52,7 @@ def module_kernels() -> set[tuple[str, str]]:
 
 def compile_in_workers(variants: list, tmp_path: Path, workers: int = 2) -> list[dict]:
     """Compile ``variants`` in ``workers`` processes side by side; their results in order."""
-    processes, outputs = [], []
+    processes, outputs, logs = [], [], []
     for index in range(workers):
         part = variants[index::workers]
         variants_path = tmp_path / f"variants_{index}.pickle"
@@ -60,14 +60,17 @@ def compile_in_workers(variants: list, tmp_path: Path, workers: int = 2) -> list
         variants_path.write_bytes(pickle.dumps(part))
         environment = {key: value for key, value in os.environ.items()
                        if key != "NUMBA_ENABLE_CUDASIM"}
-        processes.append(subprocess.Popen(
-            [sys.executable, str(WORKER), str(variants_path), str(outputs[-1]),
-             *map(str, CAPABILITY)], env=environment, stderr=subprocess.PIPE, text=True))
+        logs.append(tmp_path / f"stderr_{index}.txt")    # a file: a pipe could fill and block
+        with logs[-1].open("w") as log:
+            processes.append(subprocess.Popen(
+                [sys.executable, str(WORKER), str(variants_path), str(outputs[-1]),
+                 *map(str, CAPABILITY)], env=environment, stderr=log))
     results = []
     try:
-        for process, output in zip(processes, outputs):
-            _, stderr = process.communicate(timeout=COMPILE_TIME_LIMIT_S)
-            assert process.returncode == 0, f"the PTX worker failed:\n{stderr[-3000:]}"
+        for process, output, log in zip(processes, outputs, logs):
+            process.wait(timeout=COMPILE_TIME_LIMIT_S)
+            assert process.returncode == 0, \
+                f"the PTX worker failed:\n{log.read_text()[-3000:]}"
             results += json.loads(output.read_text())
     finally:
         for process in processes:
