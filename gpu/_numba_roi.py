@@ -23,8 +23,8 @@ from refdyn.roi_pool_args import RoIPoolGrads
 from refdyn.roi_pooling import round_half_away
 
 from . import _cuda_c_roi
-from ._numba_support import _all_finite, _deliver, _given, _is_device_array, _launch, \
-    _on_device, _optional, _rounded_product, _split, cuda
+from ._numba_support import _all_finite, _deliver, _device_function, _given, _is_device_array, \
+    _launch, _on_device, _optional, _rounded_product, _split, cuda
 
 __all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_backward",
            "deform_roi_align", "deform_roi_align_backward",
@@ -34,16 +34,7 @@ __all__ = ["roi_align", "roi_align_backward", "ps_roi_align", "ps_roi_align_back
 # enum RoIKind and enum SampleRule of roi_pool.cu.
 _ALIGN, _EQ5, _OFFICIAL = (_cuda_c_roi.ROI_KINDS[kind] for kind in ("align", "eq5", "official"))
 _ZEROS, _BORDER, _ROI_ALIGN = 0, 1, 2
-_round_half_away = cuda.jit(device=True)(round_half_away)
-
-
-@cuda.jit(device=True)
-def _product(a, b):
-    """a * b in float64, rounded before the addition that follows it, as NumPy computes it: a
-    fused multiply-add would round once, and a sample could then fall on the other side of a
-    kink or skip line than in the reference.  Every product in the coordinates goes through it
-    (the PTX test checks that the coordinate code has no fma)."""
-    return _rounded_product(float(a), float(b))
+_round_half_away = _device_function(round_half_away)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,18 +50,18 @@ def _roi_frame(rois, r, geo, scales):
     x1, y1, x2, y2 = float(rois[r, 1]), float(rois[r, 2]), float(rois[r, 3]), float(rois[r, 4])
     if kind == _ALIGN:  # torchvision: -0.5 when aligned, else sizes >= 1
         half = 0.5 if aligned else 0.0
-        start_w, start_h = _product(x1, s) - half, _product(y1, s) - half
-        w, h = _product(x2, s) - half - start_w, _product(y2, s) - half - start_h
+        start_w, start_h = _rounded_product(x1, s) - half, _rounded_product(y1, s) - half
+        w, h = _rounded_product(x2, s) - half - start_w, _rounded_product(y2, s) - half - start_h
         if not aligned:
             w, h = max(w, 1.0), max(h, 1.0)
     elif kind == _EQ5:  # p0 = (y1, x1) scale, size (y2 - y1) scale
-        start_h, start_w = _product(y1, s), _product(x1, s)
-        h, w = _product(y2 - y1, s), _product(x2 - x1, s)
+        start_h, start_w = _rounded_product(y1, s), _rounded_product(x1, s)
+        h, w = _rounded_product(y2 - y1, s), _rounded_product(x2 - x1, s)
     else:  # official: C round (halves away from zero), end pixel included, sizes >= 0.1
-        start_w = _product(_round_half_away(x1), s) - 0.5
-        start_h = _product(_round_half_away(y1), s) - 0.5
-        w = max(_product(_round_half_away(x2) + 1.0, s) - 0.5 - start_w, 0.1)
-        h = max(_product(_round_half_away(y2) + 1.0, s) - 0.5 - start_h, 0.1)
+        start_w = _rounded_product(_round_half_away(x1), s) - 0.5
+        start_h = _rounded_product(_round_half_away(y1), s) - 0.5
+        w = max(_rounded_product(_round_half_away(x2) + 1.0, s) - 0.5 - start_w, 0.1)
+        h = max(_rounded_product(_round_half_away(y2) + 1.0, s) - 0.5 - start_h, 0.1)
     return int(rois[r, 0]), start_h, start_w, h, w
 
 
@@ -81,11 +72,11 @@ def _axis(geo, start, size, bins, i):
     bin_size = size / bins
     if kind == _ALIGN:  # sampling_ratio, or the adaptive ceil(size / P) (>= 0)
         count = geo[9] if geo[9] > 0 else max(int(math.ceil(size / bins)), 0)
-        return start, start + _product(i, bin_size), bin_size, count
+        return start, start + _rounded_product(i, bin_size), bin_size, count
     if kind == _EQ5:  # floor(i size/P) <= p < ceil((i + 1) size/P) (Eq. 5)
         low = float(math.floor(i * size / bins))
         return start, low, bin_size, max(int(float(math.ceil((i + 1) * size / bins)) - low), 0)
-    return start, _product(i, bin_size) + start, bin_size, geo[9]  # official: sample_per_part
+    return start, _rounded_product(i, bin_size) + start, bin_size, geo[9]  # official: sample_per_part
 
 
 @cuda.jit(device=True)
@@ -93,10 +84,10 @@ def _at(kind, axis, a):
     """Sample a of an axis, in the reference's order of operations."""
     start, base, bin_size, count = axis
     if kind == _ALIGN:
-        return base + _product(a + 0.5, bin_size) / count
+        return base + _rounded_product(a + 0.5, bin_size) / count
     if kind == _EQ5:
         return start + (base + a)
-    return base + _product(a, bin_size / count)
+    return base + _rounded_product(a, bin_size / count)
 
 
 @cuda.jit(device=True)
@@ -137,8 +128,8 @@ def _bin(geo, scales, rois, offset, mask, r, o, i, j):
     shift_y = shift_x = 0.0
     if _given(offset):  # dp = gamma dp^ o (h, w) (DCNv1 Eq. 6)
         cell_i, cell_j = _cell_of(kind, i, geo[5], geo[14]), _cell_of(kind, j, geo[6], geo[15])
-        shift_y = _product(offset[r, channel_y, cell_i, cell_j], scales[1] * h)
-        shift_x = _product(offset[r, channel_x, cell_i, cell_j], scales[1] * w)
+        shift_y = _rounded_product(offset[r, channel_y, cell_i, cell_j], scales[1] * h)
+        shift_x = _rounded_product(offset[r, channel_x, cell_i, cell_j], scales[1] * w)
     return n, ys, xs, shift_y, shift_x, dm, channel, rule
 
 

@@ -39,15 +39,28 @@ else:
 
 _is_device_array = getattr(cuda, "is_cuda_array", None) or cuda.devicearray.is_cuda_ndarray
 
+# A device function for the small helpers called in the kernels' innermost loops: compiled
+# on a device; under the simulator a plain function, since the simulator's device functions
+# swap module globals on every call (75x slower RoI kernels with two such helpers).
+_device_function = (lambda function: function) if numba.config.ENABLE_CUDASIM \
+    else cuda.jit(device=True)
+
 # A float64 product rounded on its own.  On a device NVVM contracts a product followed by an
 # addition into one fused multiply-add (one rounding instead of two); libdevice's dmul_rn is
 # never contracted.  The simulator computes every product apart anyway.
 if numba.config.ENABLE_CUDASIM:
-    def _rounded_product(a, b):
-        """a * b, rounded to float64 (the simulator's plain product)."""
-        return a * b
+    import operator  # noqa: E402
+    _dmul_rn = operator.mul
 else:
-    from numba.cuda.libdevice import dmul_rn as _rounded_product  # noqa: E402
+    from numba.cuda.libdevice import dmul_rn as _dmul_rn  # noqa: E402
+
+
+@_device_function
+def _rounded_product(a, b):
+    """a * b in float64, rounded before the addition that follows it, as NumPy computes it: a
+    fused multiply-add would round once, and a sample could then fall on the other side of a
+    kink or skip line than in the reference (the PTX test checks the RoI coordinates)."""
+    return _dmul_rn(float(a), float(b))
 
 
 @cuda.jit(device=True)
@@ -163,7 +176,7 @@ def _all_finite(array) -> bool:
     return not found.copy_to_host()[0]
 
 
-@cuda.jit(device=True)
+@_device_function
 def _given(array):
     """Whether an optional array was given: a kernel cannot take None, so an absent one arrives
     as the zero-size stand-in of :func:`_optional` (a given one has elements wherever a kernel
