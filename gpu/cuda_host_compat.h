@@ -2,6 +2,8 @@
 //
 //     g++ -std=c++17 -shared -fPIC -x c++ -include cuda_host_compat.h deform_conv.cu -o lib.so
 //
+// Being force-included, it comes before everything in the file, common.cuh included, so the
+// blockIdx/blockDim/gridDim/threadIdx of common.cuh's grid-stride loop are the ones below.
 // Each __global__ kernel becomes a plain extern "C" function.  The harness (refdyn.gpu.host)
 // plays the GPU: for every block and thread of a small grid it sets blockIdx/threadIdx with
 // refdyn_host_set_thread() and calls the kernel once, one call after the other.  Because the

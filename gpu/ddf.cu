@@ -1,11 +1,11 @@
-// The DDF operation (decoupled dynamic filters, Zhou et al. CVPR 2021, paper 003), forward and
+// The DDF operation of DDF (Zhou et al., CVPR 2021; decoupled dynamic filters), forward and
 // backward, in CUDA C.  With K = k k taps, tap t = ky k + kx, head h(c) of channel c:
 //
 //     out[n, c, i] = sum_t combine(Dsp[n, h(c) K + t, i], Dch[n, c, t]) X[n, c, j(i, t)]
 //     combine(Dsp, Dch) = Dsp Dch ("mul", the paper's DDF operation) or Dsp + Dch ("add")
 //
-// Layout and semantics are those of the NumPy reference refdyn/decoupled_dynamic_filter.py
-// (argument rules in refdyn/ddf_args.py, REFERENCE.md section 6):
+// Layout and semantics are those of the NumPy reference refdyn/ddf_numpy.py
+// (argument rules in refdyn/ddf_args.py, docs/conventions.md section 6):
 //     features X (N, C, H, W)      channel_filter Dch (N, C, k, k)
 //     spatial_filter Dsp (N, head K, H_out, W_out)   output (N, C, H_out, W_out)
 //     H_out = H / stride, W_out = W / stride, r = (k - 1) / 2, h(c) = c / (C / head)
@@ -13,12 +13,8 @@
 //     j(i, t) = (ph stride + (ky - r) dilation, pw stride + (kx - r) dilation)
 // and zero where j(i, t) lies outside the image.  Every array is C-contiguous.
 //
-// Each kernel is a template over scalar_t (float, double), exported at the end of the file as
-// extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
-// grid-stride loop, so it is correct for any launch configuration, and indexes with 64-bit
-// integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
-// compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header; it is a
-// translation unit of its own (deform_conv.cu is another), hence its own index_t and loop macro.
+// The kernels follow the conventions of common.cuh (templates exported as _f32 / _f64,
+// grid-stride loops, 64-bit indices), which also says how each compiler builds this file.
 //
 // Backward (ddf_backward of the reference), go = dL/d out; every gradient is a gather, one
 // thread per element it writes, summed in a fixed order (no atomics: the same bits on every run):
@@ -27,13 +23,13 @@
 //  (B3) dL/dDch[n, c, t]       = sum_i go[n, c, i] X[n, c, j(i, t)] dcombine/dDch
 // with dcombine/dDsp = Dch, dcombine/dDch = Dsp for "mul", and 1 for "add".
 
-typedef long long index_t;
+#include "common.cuh"
 
-// The rules of ddf's kernel_combine argument (KERNEL_COMBINES in _cuda_c_ddf.py).
+// The rules of ddf's kernel_combine argument (KERNEL_COMBINES in ddf_launch.py).
 enum KernelCombine { COMBINE_MUL = 0, COMBINE_ADD = 1 };
 
 // The sizes of one call and its combine rule: 11 int64 values, in the order of GEOMETRY_FIELDS in
-// _cuda_c_ddf.py.  Each kernel receives a pointer to it and copies it into its body's by-value
+// ddf_launch.py.  Each kernel receives a pointer to it and copies it into its body's by-value
 // parameter.
 struct DDFGeometry {
     index_t batch, channels, height, width;
@@ -50,10 +46,6 @@ struct DDFGeometry {
     // The offset of tap row ky (or column kx) from the window centre: (ky - r) dilation.
     __device__ index_t tap_offset(index_t k) const { return (k - radius()) * dilation; }
 };
-
-#define GRID_STRIDE_LOOP(idx, total)                                                    \
-    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
-         idx += (index_t)blockDim.x * gridDim.x)
 
 // combine(Dsp, Dch) of one tap: Dsp Dch ("mul") or Dsp + Dch ("add").
 template <typename scalar_t>
@@ -238,5 +230,4 @@ __device__ void grad_channel_filter(const DDFGeometry geo, const scalar_t* featu
         grad_channel_filter(*geo, features, spatial_filter, grad_output, grad_channel);          \
     }
 
-DDF_KERNELS(f32, float)
-DDF_KERNELS(f64, double)
+EXPORT_F32_F64(DDF_KERNELS)

@@ -3,23 +3,20 @@
 //
 //     y(p0) = sum_k w_k * x(p0 + p_k + dp_k) * dm_k     (DCNv2 Eq. 1; dm_k = 1 in DCNv1 Eq. 2)
 //
-// Layout and semantics are those of the NumPy reference refdyn/deform_conv.py (torchvision's):
+// Layout and semantics are those of the NumPy reference refdyn/deform_conv_numpy.py (torchvision's):
 //     input  (N, C_in, H, W)              offset (N, 2 G K, H_out, W_out), (dy, dx) per tap
 //     weight (C_out, C_in / groups, kh, kw)  mask (N, G K, H_out, W_out), K = kh kw taps
 //     bias   (C_out,)                     output (N, C_out, H_out, W_out)
 // Input channel c belongs to group c / (C_in / groups) and to offset group g = c / (C_in / G).
 // Every array is C-contiguous; mask and bias may be null (DCNv1, no bias).
-// Samples follow the call's boundary rule (REFERENCE.md section 1): zeros (the image is
+// Samples follow the call's boundary rule (docs/conventions.md section 1): zeros (the image is
 // zero-padded) or border (the point is clamped to [0, H-1] x [0, W-1] first).
 //
-// Each kernel is a template over scalar_t (float, double), exported at the end of the file as
-// extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
-// grid-stride loop, so it is correct for any launch configuration, and indexes with 64-bit
-// integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
-// compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header.
+// The kernels follow the conventions of common.cuh (templates exported as _f32 / _f64,
+// grid-stride loops, 64-bit indices), which also says how each compiler builds this file.
 //
 // The operator is im2col and a matrix product, as in torchvision's and mmcv's kernels: this file
-// samples, the matrix products are the array library's (cuBLAS through CuPy; see _cuda_c.py):
+// samples, the matrix products are the array library's (cuBLAS through CuPy; see deform_conv_launch.py):
 //     columns[n, c, k, i, j] = x_c(p_k) dm_k                         (kernel "columns", Eq. 2-3)
 //     out[n, o] = bias[o] + sum_{c' k} w[o, c', k] columns[n, c, k]  (a GEMM per group)
 // Backward (DCNv1 Appendix A, with DCNv2's modulation), go = dL/d output:
@@ -29,10 +26,10 @@
 //     dL/d dm_k   = sum_{c in offset group} col_grad x_c(p)
 //     dL/d w      = sum_{n, i, j} go columns (a GEMM);     dL/d bias = sum_{n, i, j} go
 
-typedef long long index_t;
+#include "common.cuh"
 
 // The sizes of one call and its boundary rule (a BoundaryRule): 18 int64 values, in the order
-// of GEOMETRY_FIELDS in _cuda_c.py.  Each kernel receives a pointer to it and copies it into its
+// of GEOMETRY_FIELDS in deform_conv_launch.py.  Each kernel receives a pointer to it and copies it into its
 // body's by-value parameter.
 struct Geometry {
     index_t batch, in_channels, height, width;
@@ -49,15 +46,11 @@ struct Geometry {
     __device__ index_t in_per_offset_group() const { return in_channels / offset_groups; }
 };
 
-// The boundary rules of bilinear sampling (REFERENCE.md section 1).
+// The boundary rules of bilinear sampling (docs/conventions.md section 1).
 enum BoundaryRule { BOUNDARY_ZEROS = 0, BOUNDARY_BORDER = 1 };
 
 // The offset-gradient rule at the edge of the zeros boundary (pytorch/vision issue 6885).
 enum CoordGradRule { COORD_GRAD_TORCHVISION = 0, COORD_GRAD_MMCV = 1 };
-
-#define GRID_STRIDE_LOOP(idx, total)                                                    \
-    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
-         idx += (index_t)blockDim.x * gridDim.x)
 
 // A flat index of a (..., H_out, W_out) array split into the output position and the rest.
 struct Position {
@@ -130,7 +123,7 @@ __device__ __forceinline__ scalar_t modulation(const Geometry& geo, const scalar
     return mask[((n * geo.offset_groups + g) * geo.taps() + k) * geo.positions() + pos.flat];
 }
 
-// The zeros rule: x(p) = 0 unless -1 < p_y < H and -1 < p_x < W (REFERENCE.md section 1).
+// The zeros rule: x(p) = 0 unless -1 < p_y < H and -1 < p_x < W (docs/conventions.md section 1).
 template <typename scalar_t>
 __device__ __forceinline__ bool in_sampling_region(Point<scalar_t> p, index_t height, index_t width)
 {
@@ -164,7 +157,7 @@ __device__ __forceinline__ scalar_t clamp_coordinate(scalar_t v, index_t extent)
     return v < scalar_t(0) ? scalar_t(0) : (v > last ? last : v);
 }
 
-// Right derivative of that clamp: 1 for 0 <= v < extent - 1, 0 elsewhere (REFERENCE.md section 1).
+// Right derivative of that clamp: 1 for 0 <= v < extent - 1, 0 elsewhere (docs/conventions.md section 1).
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t clamp_slope(scalar_t v, index_t extent)
 {
@@ -568,5 +561,4 @@ extern "C" __global__ void deform_conv_sort_contributions(const Geometry* geo,
         grad_input_gather(*geo, column_grad, starts, sizes, entries, weights, grad_input);        \
     }
 
-DEFORM_CONV_KERNELS(f32, float)
-DEFORM_CONV_KERNELS(f64, double)
+EXPORT_F32_F64(DEFORM_CONV_KERNELS)

@@ -1,9 +1,9 @@
-// LS-DFN (Wu et al., ECCV 2018, paper 000; Eq. 2-7) and the dynamic local filtering layer of
+// LS-DFN (Wu et al., ECCV 2018; Eq. 2-7) and the dynamic local filtering layer of
 // Dynamic Filter Networks (De Brabandere et al., 2016), forward and backward, in CUDA C.
 //
-// Layout and semantics are those of the NumPy references refdyn/large_sampling_dynamic_filter.py
-// and refdyn/dynamic_filter_networks.py (argument rules and coordinates in refdyn/lsdfn_args.py,
-// REFERENCE.md section 5):
+// Layout and semantics are those of the NumPy references refdyn/lsdfn_numpy.py
+// and refdyn/lsdfn_dfn_numpy.py (argument rules and coordinates in refdyn/lsdfn_args.py,
+// docs/conventions.md section 5):
 //     features X (N, C, H, W)        kernels W (N, C', C, k, k, H, W)           (Eq. 2)
 //     u U (N, C', C, H, W)           v V (N, C', K, H, W)                       (Eq. 6), K = k k
 //     A_sam (N, C' S, H, W)          A_pos (N, C' K, H, W)   A (N, C' S K, H, W) (Eq. 4 / 3)
@@ -30,22 +30,21 @@
 // DFN: out[n, c, y, x] = sum_t X[n, c, y + o_k(j), x + o_k(i)] F'[n, g(c), t, y, x] (centred),
 // F' = F or its softmax over the taps.
 //
-// Conventions as in ddf.cu: templates over scalar_t (float, double) exported as extern "C"
-// _f32 / _f64 functions; grid-stride loops; 64-bit indices; one thread per element written and
-// every gradient a gather summed in a fixed order (no atomics: the same bits on every run).  The
-// file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc and by a host C++ compiler through
-// cuda_host_compat.h (refdyn.gpu.host), so it includes no header.
+// The kernels follow the conventions of common.cuh (templates exported as _f32 / _f64,
+// grid-stride loops, 64-bit indices), which also says how each compiler builds this file; as in
+// ddf.cu, one thread per element written and every gradient a gather summed in a fixed order
+// (no atomics: the same bits on every run).  The DFN kernels are exported as lsdfn_dfn_<name>.
 
-typedef long long index_t;
+#include "common.cuh"
 
-// The options of one call (their values in _cuda_c_lsdfn.py).
+// The options of one call (their values in lsdfn_launch.py).
 enum Indexing { INDEXING_CENTRED = 0, INDEXING_PAPER = 1 };
 enum KernelForm { FORM_DESCRIBED = 0, FORM_PRINTED = 1 };
 enum Attention { ATTENTION_NONE = 0, ATTENTION_FACTORIZED = 1, ATTENTION_FULL = 2 };
 enum Fuse { FUSE_SUM = 0, FUSE_MAX = 1 };
 
 // The sizes and options of one call: 13 int64 values, in the order of GEOMETRY_FIELDS in
-// _cuda_c_lsdfn.py (refdyn.lsdfn_args.LSDFNGeometry and lsdfn's options).
+// lsdfn_launch.py (refdyn.lsdfn_args.LSDFNGeometry and lsdfn's options).
 struct LSDFNGeometry {
     index_t batch, channels, out_channels, height, width;
     index_t kernel_size, samples, gamma;
@@ -97,10 +96,6 @@ struct LSDFNGeometry {
         return residual && at_centre(t) ? scalar_t(1) / scalar_t(channels) : scalar_t(0);
     }
 };
-
-#define GRID_STRIDE_LOOP(idx, total)                                                    \
-    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
-         idx += (index_t)blockDim.x * gridDim.x)
 
 // The inputs of lsdfn (absent attention arrays are null and never read).
 template <typename scalar_t>
@@ -624,36 +619,35 @@ __device__ void dfn_grad_filters(const LSDFNGeometry geo, index_t groups, const 
     {                                                                                            \
         sample_grad_kernels(*geo, features, grad_output, grad_kernels);                          \
     }                                                                                            \
-    extern "C" __global__ void dfn_softmax_##suffix(const LSDFNGeometry* geo, index_t groups,   \
-                                                    const scalar_t* filters,                     \
-                                                    scalar_t* normalised)                        \
+    extern "C" __global__ void lsdfn_dfn_softmax_##suffix(                                       \
+        const LSDFNGeometry* geo, index_t groups, const scalar_t* filters,                       \
+        scalar_t* normalised)                                                                    \
     {                                                                                            \
         dfn_softmax(*geo, groups, filters, normalised);                                          \
     }                                                                                            \
-    extern "C" __global__ void dfn_softmax_backward_##suffix(                                    \
+    extern "C" __global__ void lsdfn_dfn_softmax_backward_##suffix(                              \
         const LSDFNGeometry* geo, index_t groups, const scalar_t* normalised,                    \
         const scalar_t* grad_normalised, scalar_t* grad_filters)                                 \
     {                                                                                            \
         dfn_softmax_backward(*geo, groups, normalised, grad_normalised, grad_filters);           \
     }                                                                                            \
-    extern "C" __global__ void dfn_forward_##suffix(const LSDFNGeometry* geo, index_t groups,   \
-                                                    const scalar_t* features,                    \
-                                                    const scalar_t* filters, scalar_t* output)   \
+    extern "C" __global__ void lsdfn_dfn_forward_##suffix(                                       \
+        const LSDFNGeometry* geo, index_t groups, const scalar_t* features,                      \
+        const scalar_t* filters, scalar_t* output)                                               \
     {                                                                                            \
         dfn_forward(*geo, groups, features, filters, output);                                    \
     }                                                                                            \
-    extern "C" __global__ void dfn_grad_features_##suffix(                                       \
+    extern "C" __global__ void lsdfn_dfn_grad_features_##suffix(                                 \
         const LSDFNGeometry* geo, index_t groups, const scalar_t* filters,                       \
         const scalar_t* grad_output, scalar_t* grad_features)                                    \
     {                                                                                            \
         dfn_grad_features(*geo, groups, filters, grad_output, grad_features);                    \
     }                                                                                            \
-    extern "C" __global__ void dfn_grad_filters_##suffix(                                        \
+    extern "C" __global__ void lsdfn_dfn_grad_filters_##suffix(                                  \
         const LSDFNGeometry* geo, index_t groups, const scalar_t* features,                      \
         const scalar_t* grad_output, scalar_t* grad_filters)                                     \
     {                                                                                            \
         dfn_grad_filters(*geo, groups, features, grad_output, grad_filters);                     \
     }
 
-LSDFN_KERNELS(f32, float)
-LSDFN_KERNELS(f64, double)
+EXPORT_F32_F64(LSDFN_KERNELS)

@@ -4,30 +4,27 @@
 //
 //     L = sum_r [1 - cos_r],   cos_r = <f, g> / (N(f) N(g)),   N(v) = max(|v|, eps)
 //
-// Semantics are those of the NumPy reference refdyn/mimic_loss.py: a zero feature vector has
-// norm eps, cosine 0 and loss term 1, never NaN.  Every arithmetic step runs in double for both
-// dtypes, as the reference does (it computes in float64 and rounds the results to the dtype);
-// only the stored results are scalar_t.  Every array is C-contiguous.
+// Semantics are those of the NumPy reference refdyn/mimic_loss_numpy.py: a zero feature vector
+// has norm eps, cosine 0 and loss term 1, never NaN.  Every arithmetic step runs in double for
+// both dtypes, as the reference does (it computes in float64 and rounds the results to the
+// dtype); only the stored results are scalar_t.  Every array is C-contiguous.
 //
-// Each kernel is a template over scalar_t (float, double), exported at the end of the file as
-// extern "C" functions with an _f32 / _f64 suffix.  Every kernel walks its elements with a
-// grid-stride loop, so it is correct for any launch configuration, and indexes with 64-bit
-// integers.  The same file is compiled by NVRTC (refdyn.gpu.cupy), by nvcc, and by a host C++
-// compiler through cuda_host_compat.h (refdyn.gpu.host), so it includes no header; it is a
-// translation unit of its own, hence its own index_t and loop macro.
+// The kernels follow the conventions of common.cuh (templates exported as _f32 / _f64,
+// grid-stride loops, 64-bit indices), which also says how each compiler builds this file.
 //
 // Kernels (no floating-point atomics anywhere: the same bits on every run and any grid):
-//  (K1) mimic_rows:     one thread per RoI sums <f, g>, |f|^2 and |g|^2 over k = 0 .. D-1 in
-//                       increasing k and writes the RoI's statistics (STAT_* below).
-//  (K2) mimic_sum:      one thread (the first of the grid) sums the terms 1 - cos_r over r in
-//                       increasing r and stores L.
-//  (K3) mimic_backward: one thread per element (r, k) writes both gradients, go = dL/dL:
+//  (K1) mimic_loss_rows:     one thread per RoI sums <f, g>, |f|^2 and |g|^2 over
+//                            k = 0 .. D-1 in increasing k and writes the RoI's statistics
+//                            (STAT_* below).
+//  (K2) mimic_loss_sum:      one thread (the first of the grid) sums the terms 1 - cos_r over
+//                            r in increasing r and stores L.
+//  (K3) mimic_loss_backward: one thread per element (r, k) writes both gradients, go = dL/dL:
 //       dL/df_k = -go (g_k / (N(f) N(g)) - [|f| > eps] cos / |f|^2 f_k),  and symmetrically.
 
-typedef long long index_t;
+#include "common.cuh"
 
 // The sizes of one call and its eps: 3 values of 8 bytes, in the order of GEOMETRY_FIELDS in
-// _cuda_c_mimic.py (eps travels as the bit pattern of its double in an int64 array).  Each kernel
+// mimic_loss_launch.py (eps travels as the bit pattern of its double in an int64 array).  Each kernel
 // receives a pointer to it and copies it into its body's by-value parameter.
 struct MimicGeometry {
     index_t rois;  // R
@@ -43,10 +40,6 @@ enum MimicStat {
     STAT_LENGTH_G = 3,     // |g|
     STAT_COUNT = 4
 };
-
-#define GRID_STRIDE_LOOP(idx, total)                                                    \
-    for (index_t idx = blockIdx.x * (index_t)blockDim.x + threadIdx.x; idx < (total); \
-         idx += (index_t)blockDim.x * gridDim.x)
 
 // N(v) = max(|v|, eps).
 __device__ __forceinline__ double clamped_norm(double length, double eps)
@@ -132,25 +125,24 @@ __device__ void backward(const MimicGeometry geo, const scalar_t* features, cons
 // Exported kernels: _f32 / _f64
 // ---------------------------------------------------------------------------------------------
 
-#define MIMIC_KERNELS(suffix, scalar_t)                                                          \
-    extern "C" __global__ void mimic_rows_##suffix(                                              \
+#define MIMIC_LOSS_KERNELS(suffix, scalar_t)                                                     \
+    extern "C" __global__ void mimic_loss_rows_##suffix(                                         \
         const MimicGeometry* geo, const scalar_t* features, const scalar_t* target,              \
         double* stats)                                                                           \
     {                                                                                            \
         rows(*geo, features, target, stats);                                                     \
     }                                                                                            \
-    extern "C" __global__ void mimic_sum_##suffix(const MimicGeometry* geo, const double* stats, \
-                                                  scalar_t* loss)                                \
+    extern "C" __global__ void mimic_loss_sum_##suffix(                                          \
+        const MimicGeometry* geo, const double* stats, scalar_t* loss)                           \
     {                                                                                            \
         sum_terms(*geo, stats, loss);                                                            \
     }                                                                                            \
-    extern "C" __global__ void mimic_backward_##suffix(                                          \
+    extern "C" __global__ void mimic_loss_backward_##suffix(                                     \
         const MimicGeometry* geo, const scalar_t* features, const scalar_t* target,              \
         const double* stats, const scalar_t* grad_output, scalar_t* grad_features,               \
         scalar_t* grad_target)                                                                   \
     {                                                                                            \
-        backward(*geo, features, target, stats, grad_output, grad_features, grad_target);       \
+        backward(*geo, features, target, stats, grad_output, grad_features, grad_target);        \
     }
 
-MIMIC_KERNELS(f32, float)
-MIMIC_KERNELS(f64, double)
+EXPORT_F32_F64(MIMIC_LOSS_KERNELS)

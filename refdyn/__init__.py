@@ -6,22 +6,22 @@ finite-difference checker in :mod:`refdyn.finite_differences`; every operator li
 :mod:`refdyn.registry`.
 """
 
-from .active_conv import active_conv2d, active_conv2d_backward
-from .deform_conv import deform_conv2d, deform_conv2d_backward
+from .active_conv_numpy import active_conv2d, active_conv2d_backward
+from .deform_conv_numpy import deform_conv2d, deform_conv2d_backward
 from .deform_conv_args import DeformConvGrads
-from .decoupled_dynamic_filter import ddf, ddf_backward
-from .dynamic_filter_networks import dfn, dfn_backward
-from .filter_normalization import filter_norm, filter_norm_backward
+from .ddf_numpy import ddf, ddf_backward
+from .lsdfn_dfn_numpy import dfn, dfn_backward
+from .ddf_filter_norm_numpy import filter_norm, filter_norm_backward
 from .finite_differences import gradcheck
-from .large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_kernels, \
+from .lsdfn_numpy import lsdfn, lsdfn_backward, lsdfn_kernels, \
     lsdfn_sample, lsdfn_sample_backward
 from .lsdfn_args import DFNGrads, LSDFNGrads, LSDFNSampleGrads
-from .feature_mimic import mimic_loss, mimic_loss_backward
-from .roi_align_family import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
+from .mimic_loss_numpy import mimic_loss, mimic_loss_backward
+from .roi_align_numpy import deform_roi_align, deform_roi_align_backward, modulated_deform_roi_pool, \
     ps_roi_align, ps_roi_align_backward, roi_align, roi_align_backward
-from .roi_pooling import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
+from .roi_pool_numpy import deform_ps_roi_pool, deform_ps_roi_pool_backward, deform_roi_pool, \
     deform_roi_pool_backward, ps_roi_pool, ps_roi_pool_backward, roi_pool, roi_pool_backward
-from .roi_pool_args import RoIPoolGrads
+from .roi_args import RoIPoolGrads
 
 __all__ = ["active_conv2d", "active_conv2d_backward", "deform_conv2d", "deform_conv2d_backward",
            "DeformConvGrads", "ddf", "ddf_backward", "filter_norm", "filter_norm_backward",

@@ -1,5 +1,5 @@
 """What a deformable or dynamic-filter network looks at: the analysis quantities of DCNv1 and
-DCNv2 (REFERENCE.md section 7), in NumPy, for stacks of registered operators.
+DCNv2 (docs/conventions.md section 7), in NumPy, for stacks of registered operators.
 
 - **Sampling locations** (DCNv1 section 4.1, Fig. 5): where each output of a sampling layer reads
   its input, p0 + p_k + dp_k (DCNv1 Eq. 2), and the *composite* locations of one output through
@@ -28,14 +28,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ._checks import check_float_array, check_shape
-from .active_conv import grouped_positions, check_active_conv2d_args
-from .bilinear import bilinear_sample
-from .deform_conv import regular_grid
+from .args import check_float_array, check_shape
+from .active_conv_numpy import grouped_positions, check_active_conv2d_args
+from .bilinear_numpy import bilinear_sample
+from .deform_conv_numpy import regular_grid
 from .deform_conv_args import ConvGeometry, check_deform_conv2d_args
 from .registry import OPERATORS, REFERENCE_BACKEND
-from .roi_align_family import align_grid
-from .roi_pooling import eq5_grid
+from .roi_align_numpy import align_grid
+from .roi_pool_numpy import eq5_grid
 
 SALIENCY_DIRECTIONS = ("grow", "shrink")
 
@@ -337,7 +337,7 @@ class EffectiveBinLocations:
 
 
 #: The deformable RoI pooling operators: the sampling grid of one RoI before offsets (a
-#: :class:`refdyn.roi_pooling.BinGrid`) from the call's bound arguments, and which offset
+#: :class:`refdyn.roi_pool_numpy.BinGrid`) from the call's bound arguments, and which offset
 #: channels hold (y, x) (DCNv1's order, or mmcv's x first).
 BIN_OPERATORS: dict[str, tuple[Callable, tuple[int, int]]] = {
     "deform_roi_pool": (lambda roi, pooled, a: eq5_grid(roi, pooled, a["spatial_scale"],

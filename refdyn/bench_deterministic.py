@@ -55,9 +55,9 @@ def host_sort_contributions(sizes: np.ndarray, entries: np.ndarray) -> None:
     """Sorts, in place, each list of ``entries`` (int64) with the host build's sort kernel: list
     l is ``entries[starts[l]:starts[l] + sizes[l]]``, starts the exclusive prefix sum of
     ``sizes`` (int64), as the deterministic backward stores them."""
-    from .gpu import _cuda_c, host
-    geometry = np.ones(len(_cuda_c.GEOMETRY_FIELDS), dtype=np.int64)   # one image, one row of
-    geometry[_cuda_c.GEOMETRY_FIELDS.index("width")] = len(sizes)     # len(sizes) pixels
+    from .gpu import deform_conv_launch, host
+    geometry = np.ones(len(deform_conv_launch.GEOMETRY_FIELDS), dtype=np.int64)   # one image, one row of
+    geometry[deform_conv_launch.GEOMETRY_FIELDS.index("width")] = len(sizes)     # len(sizes) pixels
     starts = np.cumsum(sizes) - sizes
     host.launch(SORT_KERNEL, len(sizes), [geometry, starts, sizes, entries])
 

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .deform_conv import regular_grid
+from .deform_conv_numpy import regular_grid
 from .deform_conv_args import check_deform_conv2d_args
 from .testing.cases import scaled_error
 from .testing.targets import not_installed

@@ -35,8 +35,10 @@ from . import __version__
 from .bench import add_arguments as add_bench_arguments, command_bench
 from .checks import ADJOINT_TOLERANCE, adjoint_residuals, compare_with_reference, \
     finite_difference_check
-from .gpu_report import DEFAULT_TESTS, DEFAULT_TIME_BUDGET, \
-    add_arguments as add_gpu_report_arguments, backend_label, command_gpu_report
+from .gpu_report import DEFAULT_TESTS, add_arguments as add_gpu_report_arguments, \
+    command_gpu_report
+from .gpu_report_probes import backend_label
+from .gpu_report_runner import DEFAULT_TIME_BUDGET
 from .registry import BACKENDS, OPERATORS, REFERENCE_BACKEND, Operator, load
 from .testing.targets import DEFAULT_EXAMPLES, DEFAULT_TIME_LIMIT, TARGETS
 

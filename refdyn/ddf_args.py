@@ -1,8 +1,8 @@
 """Shapes, argument checks and the gradient record of the DDF operator.
 
-Shared by the NumPy implementations in :mod:`refdyn.decoupled_dynamic_filter` (and by any later GPU mirror), so that
+Shared by the NumPy implementations in :mod:`refdyn.ddf_numpy` (and by any later GPU mirror), so that
 all of them accept exactly the same arguments and reject bad ones with the same messages.
-Layout of the official code (theFoxofSky/ddfnet; REFERENCE.md section 6):
+Layout of the official code (theFoxofSky/ddfnet; docs/conventions.md section 6):
 
     features        (N, C, H, W)
     channel_filter  (N, C, k, k)                      one k x k filter per sample and channel
@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from ._checks import check_finite, check_float_array, check_shape, numpy_all_finite
+from .args import check_finite, check_float_array, check_shape, numpy_all_finite
 
 KERNEL_COMBINES = ("mul", "add")
 

@@ -1,4 +1,5 @@
-"""The DDF filter branches, the DDF block and DDF-Up, forward and backward (paper 003).
+"""The DDF filter branches, the DDF block and DDF-Up, forward and backward (DDF, Zhou et al.,
+CVPR 2021).
 
 The filters of a DDF block are predicted from features by two attention-style branches:
 
@@ -8,7 +9,7 @@ The filters of a DDF block are predicted from features by two attention-style br
   (se_ratio 0.2), ReLU, a fully connected layer to C * k * k, then the channel FN (learned scale
   of shape C * k * k): one k x k filter per channel.
 
-:func:`ddf_block` applies :func:`refdyn.decoupled_dynamic_filter.ddf` with the two predicted filters (the official
+:func:`ddf_block` applies :func:`refdyn.ddf_numpy.ddf` with the two predicted filters (the official
 ``DDFPack``).  :func:`ddf_up` is the paper's DDF-Up: scale^2 independent (spatial, channel)
 branch pairs, the spatial ones reading guidance features; the scale^2 stride-1 DDF outputs are
 stacked and pixel-shuffled into an image scale times larger.
@@ -38,10 +39,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ._checks import check_float_array, check_shape
-from .decoupled_dynamic_filter import ddf, ddf_backward
+from .args import check_float_array, check_shape
+from .ddf_numpy import ddf, ddf_backward
 from .ddf_args import check_kernel_combine, check_kernel_size, check_positive_int
-from .filter_normalization import channel_filter_norm, channel_filter_norm_backward, \
+from .ddf_filter_norm_numpy import channel_filter_norm, channel_filter_norm_backward, \
     init_channel_scale, nonlinearity_gain, spatial_filter_norm, spatial_filter_norm_backward
 
 #: The official channel-branch reduction ratio.
@@ -337,7 +338,8 @@ def _check_up_args(features, guidance, scale, branches, kernel_size, dilation, k
 
 def ddf_up(features, guidance, scale, branches: Sequence[BranchParams], kernel_size=3,
            dilation=1, kernel_combine="mul", nonlinearity="linear"):
-    """DDF-Up (paper 003): upsample the features by ``scale`` with scale^2 stride-1 DDFs.
+    """DDF-Up (Zhou et al., CVPR 2021): upsample the features by ``scale`` with scale^2 stride-1
+    DDFs.
 
     features (N, C, H, W); guidance (N, C_guide, H, W) on the same grid, read by the spatial
     branches (None: the features guide themselves); branches: scale^2 :class:`BranchParams`,

@@ -1,6 +1,6 @@
 """Multiply-adds and parameter counts of DDF against convolutions and full dynamic filters.
 
-The paper's cost claim (paper 003): decoupling the depth-wise dynamic filter "limits
+The cost claim of DDF (Zhou et al., CVPR 2021): decoupling the depth-wise dynamic filter "limits
 computational costs to the same level as depth-wise convolution", and the DDF block has fewer
 parameters than the standard convolution it replaces (sigma = 0.2, k = 3, C = 256).
 

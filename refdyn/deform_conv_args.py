@@ -1,8 +1,8 @@
 """Shapes, argument checks and the gradient record of deformable convolution.
 
-Shared by the NumPy implementations in :mod:`refdyn.deform_conv` and by every GPU backend,
+Shared by the NumPy implementations in :mod:`refdyn.deform_conv_numpy` and by every GPU backend,
 so that all of them accept exactly the same arguments and reject bad ones with the same
-messages.  Layout (torchvision, mmcv, ONNX DeformConv, Paddle; REFERENCE.md section 2):
+messages.  Layout (torchvision, mmcv, ONNX DeformConv, Paddle; docs/conventions.md section 2):
 
     input   (N, C_in, H, W)
     weight  (C_out, C_in / groups, kh, kw)
@@ -19,8 +19,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._checks import as_pair, check_finite, check_float_array, check_shape, numpy_all_finite
-from .bilinear import check_boundary, check_coord_grad
+from .args import as_pair, check_finite, check_float_array, check_shape, numpy_all_finite
+from .bilinear_numpy import check_boundary, check_coord_grad
 
 
 @dataclass(frozen=True)

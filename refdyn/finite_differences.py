@@ -5,7 +5,7 @@ L = sum(grad_output * forward(...)); :func:`adjoint_residual` checks that a back
 transpose of a function that is linear (or affine) in one input:
 <f(x) - f(0), g> = <x, f^T g>.
 
-Bilinear sampling has kinks at integer coordinates (REFERENCE.md section 1), so a finite
+Bilinear sampling has kinks at integer coordinates (docs/conventions.md section 1), so a finite
 difference of step ``eps`` is only meaningful when no sampling point lies within ``eps`` of an
 integer.  :func:`kink_free_values` draws values whose fractional part keeps a margin from the
 integers; added to an integer sampling grid they give kink-free sampling points.

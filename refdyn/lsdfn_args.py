@@ -1,9 +1,9 @@
 """Shapes, coordinates, argument checks and gradient records of LS-DFN and DFN.
 
-Shared by the NumPy implementations in :mod:`refdyn.large_sampling_dynamic_filter` and
-:mod:`refdyn.dynamic_filter_networks` (and by any later GPU mirror), so that all of them accept
+Shared by the NumPy implementations in :mod:`refdyn.lsdfn_numpy` and
+:mod:`refdyn.lsdfn_dfn_numpy` (and by any later GPU mirror), so that all of them accept
 the same arguments, read the same pixels and reject bad input with the same messages.
-Layout (REFERENCE.md section 5; LS-DFN is paper 000, Wu et al., ECCV 2018):
+Layout (docs/conventions.md section 5; LS-DFN is Wu et al., ECCV 2018):
 
     features            X      (N, C, H, W)
     kernels             W      (N, C', C, k, k, H, W)   Eq. 2's full position-specific kernels
@@ -38,7 +38,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ._checks import check_at_most, check_finite, check_float_array, check_shape, \
+from .args import check_at_most, check_finite, check_float_array, check_shape, \
     numpy_all_finite
 from .ddf_args import check_positive_int
 
@@ -280,7 +280,3 @@ def check_dfn_args(features, filters, kernel_size, softmax,
                          "centred", dtype), per_channel
 
 
-def check_grad_output(grad_output, expected_shape, dtype, meaning: str) -> None:
-    """Check the backward's ``grad_output`` against the forward's output."""
-    check_float_array(grad_output, "grad_output", len(expected_shape), dtype)
-    check_shape(grad_output, "grad_output", expected_shape, meaning)

@@ -1,4 +1,5 @@
-"""The LS-DFN block of the paper's Fig. 2 in NumPy, forward and backward (paper 000, Sec. 3.1).
+"""The LS-DFN block of the paper's Fig. 2 in NumPy, forward and backward (LS-DFN, Wu et al.,
+ECCV 2018, Sec. 3.1).
 
 Three branches read the block's input Z (N, C_in, H, W), each a b x b convolution ("same" zero
 padding, b odd; the paper does not give b):
@@ -9,7 +10,7 @@ padding, b odd; the paper does not give b):
 - attention branches (with ``attention="factorized"``): C' s^2 channels of sample attention and
   C' k^2 channels of position attention, Eq. 4.
 
-The branches feed :func:`refdyn.large_sampling_dynamic_filter.lsdfn`; the block returns its
+The branches feed :func:`refdyn.lsdfn_numpy.lsdfn`; the block returns its
 (N, C', H, W) output.  No activation is placed inside the block (the paper names none; put one
 after the block as a network would).  The convolutions are refdyn's deformable convolution with
 zero offsets, i.e. plain convolutions with a tested backward.
@@ -22,9 +23,9 @@ from typing import Optional
 
 import numpy as np
 
-from ._checks import check_float_array, check_shape
-from .deform_conv import deform_conv2d, deform_conv2d_backward
-from .large_sampling_dynamic_filter import lsdfn, lsdfn_backward
+from .args import check_float_array, check_shape
+from .deform_conv_numpy import deform_conv2d, deform_conv2d_backward
+from .lsdfn_numpy import lsdfn, lsdfn_backward
 
 BRANCHES = ("feature", "kernel", "sample", "position")
 

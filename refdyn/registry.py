@@ -65,7 +65,7 @@ class Option:
 
 
 #: The convention switches of the sampling operators: the boundary rule and the offset-gradient
-#: rule at the image edge (refdyn.bilinear).
+#: rule at the image edge (refdyn.bilinear_numpy).
 SAMPLING_OPTIONS = (Option("boundary", "zeros", "boundaries"),
                     Option("coord_grad", "torchvision", "coord_grads"))
 
@@ -82,6 +82,10 @@ class Operator:
     examples: (thorough: bool) -> the fixed configurations ``refdyn check`` runs;
     options: the refdyn-only arguments (:class:`Option`), which a candidate of another
     implementation need not accept;
+    gpu_extras: the arguments the GPU mirrors (refdyn.gpu.cupy, .host, .numba) add to the NumPy
+    signature (the backward's ``deterministic``: how grad_input is summed);
+    gpu_defaults: the arguments whose default the GPU mirrors choose for themselves
+    (``chunk_elements``: a GPU multiplies the columns of many images at once);
     rounding_neighbours: for an operator whose output jumps where a sample crosses a rule line
     (RoI samples at x = -1 or W), case -> pairs of cases with every sample moved by d and 2 d
     (a few units of the dtype's rounding) in each direction; refdyn.testing accepts an element
@@ -98,6 +102,8 @@ class Operator:
     make_case: str
     examples: str
     options: tuple[Option, ...] = ()
+    gpu_extras: tuple[str, ...] = ()
+    gpu_defaults: tuple[str, ...] = ()
     rounding_neighbours: Optional[str] = None
 
     def implementation(self, backend: str) -> Implementation:
@@ -132,11 +138,13 @@ DEFORM_CONV2D = Operator(
     differentiable=("input", "offset", "weight", "bias", "mask"),
     linear=("input", "weight", "mask"),
     kinked=("offset",),
-    implementations=every_backend("deform_conv", "deform_conv2d"),
+    implementations=every_backend("deform_conv_numpy", "deform_conv2d"),
     configs="refdyn.testing.strategies:deform_conv2d_configs",
     make_case="refdyn.testing.deform_conv_cases:make_case",
     examples="refdyn.testing.deform_conv_cases:example_configs",
     options=SAMPLING_OPTIONS,
+    gpu_extras=("deterministic",),
+    gpu_defaults=("chunk_elements",),
 )
 
 BILINEAR_SAMPLE = Operator(
@@ -145,7 +153,7 @@ BILINEAR_SAMPLE = Operator(
     differentiable=("image", "y", "x"),
     linear=("image",),
     kinked=("y", "x"),
-    implementations=every_backend("bilinear", "bilinear_sample", gpu=False),
+    implementations=every_backend("bilinear_numpy", "bilinear_sample", gpu=False),
     configs="refdyn.testing.strategies:bilinear_sample_configs",
     make_case="refdyn.testing.bilinear_cases:make_case",
     examples="refdyn.testing.bilinear_cases:example_configs",
@@ -154,26 +162,27 @@ BILINEAR_SAMPLE = Operator(
 
 ACTIVE_CONV2D = Operator(
     name="active_conv2d",
-    summary="Active Convolution: learned positions shared by every output position (paper 002)",
+    summary="Active Convolution: learned positions shared by every output position",
     differentiable=("input", "positions", "weight", "bias"),
     linear=("input", "weight"),
     kinked=("positions",),
-    implementations=every_backend("active_conv", "active_conv2d"),
+    implementations=every_backend("active_conv_numpy", "active_conv2d"),
     configs="refdyn.testing.strategies:active_conv2d_configs",
     make_case="refdyn.testing.active_conv_cases:make_case",
     examples="refdyn.testing.active_conv_cases:example_configs",
     options=SAMPLING_OPTIONS,
+    gpu_extras=("deterministic",),
 )
 
 DDF = Operator(
     name="ddf",
-    summary="decoupled dynamic filter: spatial x channel dynamic filters, depth-wise (paper 003)",
+    summary="decoupled dynamic filter: spatial x channel dynamic filters, depth-wise",
     differentiable=("features", "channel_filter", "spatial_filter"),
     # "mul" is linear in each input; "add" ((D^sp + D^ch) F) is affine in each filter, which the
     # adjoint test (it subtracts f(0)) accepts as well.
     linear=("features", "channel_filter", "spatial_filter"),
     kinked=(),
-    implementations=every_backend("decoupled_dynamic_filter", "ddf"),
+    implementations=every_backend("ddf_numpy", "ddf"),
     configs="refdyn.testing.strategies:ddf_configs",
     make_case="refdyn.testing.ddf_cases:make_case",
     examples="refdyn.testing.ddf_cases:example_configs",
@@ -183,7 +192,7 @@ DDF = Operator(
 def _roi_operator(name: str, module: str, summary: str, differentiable, linear, kinked,
                   options: tuple[Option, ...] = ()) -> Operator:
     """A RoI pooling operator of ``refdyn.<module>`` with cases from ``refdyn.testing.roi_cases``
-    and its GPU mirrors (gpu/roi_pool.cu, gpu/_numba_roi.py)."""
+    and its GPU mirrors (gpu/roi.cu, gpu/roi_numba.py)."""
     return Operator(options=options,
         name=name, summary=summary, differentiable=differentiable, linear=linear, kinked=kinked,
         implementations=every_backend(module, name),
@@ -195,23 +204,23 @@ def _roi_operator(name: str, module: str, summary: str, differentiable, linear, 
 
 
 # RoIs are inputs of every RoI operator but get no gradient (as in every implementation).
-ROI_ALIGN = _roi_operator("roi_align", "roi_align_family",
+ROI_ALIGN = _roi_operator("roi_align", "roi_align_numpy",
                           "RoIAlign, torchvision semantics (aligned flag, adaptive sampling_ratio)",
                           ("input",), ("input",), ())
-PS_ROI_ALIGN = _roi_operator("ps_roi_align", "roi_align_family",
+PS_ROI_ALIGN = _roi_operator("ps_roi_align", "roi_align_numpy",
                              "position-sensitive RoIAlign, torchvision semantics (always aligned)",
                              ("input",), ("input",), ())
 DEFORM_ROI_ALIGN = _roi_operator(
-    "deform_roi_align", "roi_align_family",
+    "deform_roi_align", "roi_align_numpy",
     "mmcv DeformRoIPool on RoIAlign (offsets x first); with a mask DCNv2 Eq. 2 modulated pooling",
     ("input", "offset", "mask"), ("input", "mask"), ("offset",),
     (Option("coord_grad", "torchvision", "coord_grads"),))
 DEFORM_ROI_POOL = _roi_operator(
-    "deform_roi_pool", "roi_pooling",
+    "deform_roi_pool", "roi_pool_numpy",
     "deformable RoI pooling, DCNv1 Eq. 6 (Eq. 5 RoI pooling without offsets), average form",
     ("input", "offset"), ("input",), ("offset",))
 DEFORM_PS_ROI_POOL = _roi_operator(
-    "deform_ps_roi_pool", "roi_pooling",
+    "deform_ps_roi_pool", "roi_pool_numpy",
     "deformable PS RoI pooling, official DCN rules (PS RoI pooling without offsets)",
     ("input", "offset"), ("input",), ("offset",))
 MIMIC_LOSS = Operator(
@@ -220,7 +229,7 @@ MIMIC_LOSS = Operator(
     differentiable=("features", "target"),
     linear=(),
     kinked=("features", "target"),     # the cosine jumps at a zero feature vector
-    implementations=every_backend("feature_mimic", "mimic_loss"),
+    implementations=every_backend("mimic_loss_numpy", "mimic_loss"),
     configs="refdyn.testing.strategies:mimic_loss_configs",
     make_case="refdyn.testing.mimic_loss_cases:make_case",
     examples="refdyn.testing.mimic_loss_cases:example_configs",
@@ -228,11 +237,11 @@ MIMIC_LOSS = Operator(
 
 LSDFN_SAMPLE = Operator(
     name="lsdfn_sample",
-    summary="LS-DFN sampled dynamic filtering with full position-specific kernels, Eq. 2 (paper 000)",
+    summary="LS-DFN sampled dynamic filtering with full position-specific kernels, Eq. 2",
     differentiable=("features", "kernels"),
     linear=("features", "kernels"),
     kinked=(),
-    implementations=every_backend("large_sampling_dynamic_filter", "lsdfn_sample"),
+    implementations=every_backend("lsdfn_numpy", "lsdfn_sample"),
     configs="refdyn.testing.strategies:lsdfn_sample_configs",
     make_case="refdyn.testing.lsdfn_cases:make_lsdfn_sample_case",
     examples="refdyn.testing.lsdfn_cases:lsdfn_sample_example_configs",
@@ -240,7 +249,7 @@ LSDFN_SAMPLE = Operator(
 
 LSDFN = Operator(
     name="lsdfn",
-    summary="LS-DFN end to end: Eq. 6/7 kernels, Eq. 3/4 attention, Eq. 5 fusion (paper 000)",
+    summary="LS-DFN end to end: Eq. 6/7 kernels, Eq. 3/4 attention, Eq. 5 fusion",
     differentiable=("features", "u", "v", "sample_attention", "position_attention",
                     "full_attention"),
     # With fuse="sum" the output is affine in every input; max fusion keeps it positively
@@ -248,7 +257,7 @@ LSDFN = Operator(
     linear=("features",),
     # Integer offsets: no bilinear kinks.  Max fusion's ties are the only kinks (lsdfn_cases).
     kinked=(),
-    implementations=every_backend("large_sampling_dynamic_filter", "lsdfn"),
+    implementations=every_backend("lsdfn_numpy", "lsdfn"),
     configs="refdyn.testing.strategies:lsdfn_configs",
     make_case="refdyn.testing.lsdfn_cases:make_lsdfn_case",
     examples="refdyn.testing.lsdfn_cases:lsdfn_example_configs",
@@ -260,7 +269,7 @@ DFN = Operator(
     differentiable=("features", "filters"),
     linear=("features",),   # the filters too without the softmax (tests/test_lsdfn.py)
     kinked=(),
-    implementations=every_backend("dynamic_filter_networks", "dfn"),
+    implementations=every_backend("lsdfn_dfn_numpy", "dfn"),
     configs="refdyn.testing.strategies:dfn_configs",
     make_case="refdyn.testing.lsdfn_cases:make_dfn_case",
     examples="refdyn.testing.lsdfn_cases:dfn_example_configs",

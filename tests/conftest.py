@@ -1,5 +1,6 @@
-"""Test-wide settings: the Hypothesis profiles and the Numba CUDA simulator without a GPU; the
-border-rule edge case the GPU backend tests share."""
+"""Test-wide settings: the Hypothesis profiles, the Numba CUDA simulator without a GPU, the
+``backend`` marker of tests that need a GPU backend; the border-rule edge case the GPU backend
+tests share."""
 
 import importlib
 import os
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from refdyn.bilinear import sample_point, sample_point_grad
-from refdyn.gpu import use_numba_simulator_without_device
+from refdyn.bilinear_numpy import sample_point, sample_point_grad
+from refdyn.gpu import backend_problem, use_numba_simulator_without_device
 from refdyn.testing.cases import Case
 
 # Without a GPU, Numba kernels run under the CUDA simulator; with one they run on the device.
@@ -27,11 +28,23 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backend(name): run only where the GPU backend ``name`` "
+                                       "can run (refdyn.gpu.backend_problem), else skip saying why")
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("backend"):
+        problem = backend_problem(marker.args[0])
+        if problem is not None:
+            pytest.skip(f"{marker.args[0]} backend: {problem}")
+
+
 @dataclass
 class BorderEdgeCase:
     """A deform_conv2d case whose output (i, j) is the border-rule sample at the point
     ``points[:, i, j]`` (a 1 x 1 kernel of weight 1, no padding, mask or bias; grad_output = 1),
-    with the expected output and offset gradient from the scalar formulas of refdyn.bilinear."""
+    with the expected output and offset gradient from the scalar formulas of refdyn.bilinear_numpy."""
 
     case: Case
     points: np.ndarray           # (2, H, W): p_y, p_x of each output, in the case's dtype
@@ -76,6 +89,12 @@ def border_edge_case():
 def nb():
     """The Numba backend, refdyn.gpu.numba (its tests skip first where Numba cannot run)."""
     return importlib.import_module("refdyn.gpu.numba")
+
+
+@pytest.fixture(scope="module")
+def deform_conv_kernels(nb):
+    """The Numba kernels of deformable convolution, refdyn.gpu.deform_conv_numba."""
+    return importlib.import_module("refdyn.gpu.deform_conv_numba")
 
 
 @pytest.fixture(scope="module")

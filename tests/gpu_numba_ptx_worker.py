@@ -31,7 +31,7 @@ cuda.is_available = lambda: True
 CAPABILITY = tuple(int(number) for number in sys.argv[3:5]) if len(sys.argv) >= 5 else (9, 0)
 numba_dispatcher.get_current_device = lambda: SimpleNamespace(compute_capability=CAPABILITY)
 
-from refdyn.gpu._numba_roi import _at, _bin  # noqa: E402
+from refdyn.gpu.roi_numba import _at, _bin  # noqa: E402
 
 
 def roi_coordinates(rois, offset, mask, geo, scales, out):

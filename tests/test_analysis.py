@@ -1,5 +1,5 @@
 """refdyn.analysis: sampling locations, effective dilation, effective receptive fields,
-effective sampling locations and error-bounded saliency regions (REFERENCE.md section 7)."""
+effective sampling locations and error-bounded saliency regions (docs/conventions.md section 7)."""
 
 import numpy as np
 import pytest

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from refdyn import bench, bench_peers, cli
+from refdyn import bench, bench_cases, bench_peers, bench_report, bench_sections, bench_timing, \
+    cli
 from refdyn.testing.deform_conv_cases import DeformConvConfig
 
 
@@ -33,22 +34,22 @@ def test_report_has_every_section(report):
     assert report["machine"]["usable_cores"] >= 1 and report["machine"]["numpy"] == np.__version__
     standard = report["standard"]
     assert {row["pass"] for row in standard["rows"]
-            if row["implementation"] == bench.NUMPY} == set(bench.PASSES)
+            if row["implementation"] == bench_sections.NUMPY} == set(bench_sections.PASSES)
     assert [row["pass"] for row in standard["memory"]] == ["forward", "backward"]
     assert [(p["series"], p["value"]) for p in report["scaling"]["points"]] == [
-        (series, value) for series, value, _ in bench.scaling_configs(quick=True)]
+        (series, value) for series, value, _ in bench_cases.scaling_configs(quick=True)]
     assert {case["operator"] for case in report["operators"]["cases"]} == {
         "roi_align", "lsdfn", "ddf"}
-    assert [goal["goal"] for goal in report["goals"]][:len(bench.GOALS)] == [
-        goal[0] for goal in bench.GOALS]
-    assert all(goal["met"] is None for goal in report["goals"][:len(bench.GOALS)])  # --quick
+    issue_goals = report["goals"][:len(bench_sections.GOALS)]
+    assert [goal["goal"] for goal in issue_goals] == [goal[0] for goal in bench_sections.GOALS]
+    assert all(goal["met"] is None for goal in issue_goals)  # --quick
 
 
 def test_every_row_is_timed_or_says_why(report):
     for row in all_rows(report):
         if row["times_s"]:
             assert len(row["times_s"]) == 1 and row["median_s"] == row["times_s"][0]
-            assert row["check_error"] <= bench.CHECK_TOLERANCE
+            assert row["check_error"] <= bench_timing.CHECK_TOLERANCE
             assert not row["not_run"]
         else:
             assert row["not_run"], row
@@ -89,7 +90,7 @@ def test_onnxruntime_peer_passes_its_check(report):
 ], ids=["offset-groups", "stride-dilation-no-mask", "one-row"])
 def test_torch_composition_matches_refdyn(config):
     pytest.importorskip("torch")
-    case = bench.Bench("deform_conv2d", config)
+    case = bench_cases.Bench("deform_conv2d", config)
     geometry = {name: case.case.params[name] for name in ("stride", "padding", "dilation")}
     peer = bench_peers.torch_cpu_deform_conv2d(case.case.arrays, geometry, case.case.grad_output,
                                                case.expected, threads=1)
@@ -124,7 +125,7 @@ def test_bad_arguments_are_rejected_clearly(arguments, message, capsys):
 
 def test_offsets_are_moved_off_the_kinks_only_near_them():
     offset = np.array([-2.0, -1.0004, 0.9996, 0.3, 1e-4, -1e-4, 2.5], dtype=np.float32)
-    moved = bench.off_the_kinks(offset, margin=1e-3)
+    moved = bench_cases.off_the_kinks(offset, margin=1e-3)
     distance = np.abs(moved - np.round(moved))
     assert np.all(distance >= 1e-3 - 1e-7) and moved.dtype == offset.dtype
     np.testing.assert_array_equal(moved[[3, 6]], offset[[3, 6]])
@@ -146,11 +147,11 @@ def test_gpu_rows_run_end_to_end_on_the_numba_simulator(monkeypatch, nb):
         ["--quick", "--repeats", "1", "--case", "standard"]))
     numba_rows = [row for row in report["standard"]["rows"]
                   if row["implementation"] == "refdyn numba"]
-    assert [row["pass"] for row in numba_rows] == list(bench.PASSES)
+    assert [row["pass"] for row in numba_rows] == list(bench_sections.PASSES)
     for row in numba_rows:
-        assert row["times_s"] and row["check_error"] <= bench.CHECK_TOLERANCE, row
+        assert row["times_s"] and row["check_error"] <= bench_timing.CHECK_TOLERANCE, row
         assert row["bytes_moved"] > 0
-    lines = bench.format_rows(numba_rows, {"bytes_per_s": 1e12})
+    lines = bench_report.format_rows(numba_rows, {"bytes_per_s": 1e12})
     assert all("of peak" in line for line in lines[1:])
 
 
@@ -158,10 +159,10 @@ def test_kernel_rows_time_every_cuda_c_kernel_of_a_call(monkeypatch):
     """The per-kernel table (CUDA events on a GPU) through the host backend's CPU clock: every
     kernel of a forward and a backward, its launches, time and argument bytes."""
     from refdyn.gpu import host
-    monkeypatch.setattr(bench, "gpu_problem", lambda backend: None)
-    case = bench.Bench("deform_conv2d", bench.standard_config(quick=True))
-    peer = bench.refdyn_peer(case, "host", ("forward", "backward"))
-    rows = bench.kernel_rows(peer, host.kernel_times)
+    monkeypatch.setattr(bench_timing, "gpu_problem", lambda backend: None)
+    case = bench_cases.Bench("deform_conv2d", bench_cases.standard_config(quick=True))
+    peer = bench_timing.refdyn_peer(case, "host", ("forward", "backward"))
+    rows = bench_sections.kernel_rows(peer, host.kernel_times)
     kernels = {(row["pass"], row["kernel"]): row for row in rows}
     assert set(kernels) == {("forward", "deform_conv_columns_f32"),
                             ("backward", "deform_conv_columns_f32"),
@@ -172,24 +173,25 @@ def test_kernel_rows_time_every_cuda_c_kernel_of_a_call(monkeypatch):
                      + arrays["input"].nbytes * 9 + 18 * 8)      # the columns: C_in K H W float32
     assert kernels["forward", "deform_conv_columns_f32"]["bytes"] == columns_bytes
     assert all(row["launches"] == 1 and row["seconds"] > 0 for row in rows)
-    lines = bench.format_kernels(rows, {"bytes_per_s": 1e12})
+    lines = bench_report.format_kernels(rows, {"bytes_per_s": 1e12})
     assert len(lines) == 4 and all("GB/s" in line and "of peak" in line for line in lines)
 
 
 def test_a_goal_from_disturbed_timings_is_flagged_unstable():
-    steady = bench.Row(bench.NUMPY, "forward", times_s=[1.0, 1.01, 1.02])
-    disturbed = bench.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.8, 0.8])
-    calm = bench.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.41, 0.42])
+    steady = bench_timing.Row(bench_sections.NUMPY, "forward", times_s=[1.0, 1.01, 1.02])
+    disturbed = bench_timing.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.8, 0.8])
+    calm = bench_timing.Row("onnxruntime DeformConv", "forward", times_s=[0.4, 0.41, 0.42])
     for peer, unstable in ((disturbed, True), (calm, False)):
-        found = bench.ratios([steady, peer], [(bench.NUMPY, "onnxruntime DeformConv")])
+        found = bench_sections.ratios([steady, peer],
+                                      [(bench_sections.NUMPY, "onnxruntime DeformConv")])
         report = {"quick": False, "standard": {"ratios": found, "memory": []}}
-        goal = bench.goals(report)[0]
+        goal = bench_sections.goals(report)[0]
         assert goal["ratio"] == pytest.approx(steady.median_s / peer.median_s)
         assert goal["met"] is (goal["ratio"] <= 3.0) and goal["unstable"] is unstable
         assert goal["spread"] == pytest.approx(max(1.01, peer.median_s / min(peer.times_s)))
-        text = bench.format_report({"machine": {"cpu": "", "cores": 1, "usable_cores": 1,
-                                                "platform": "", "numpy": "", "numpy_blas": "",
-                                                "onnxruntime_intra_op_threads": 1,
-                                                "torch_threads": 1, "cuda_devices": 0},
-                                    "repeats": 3, "quick": False, "goals": [goal]})
+        text = bench_report.format_report({
+            "machine": {"cpu": "", "cores": 1, "usable_cores": 1, "platform": "", "numpy": "",
+                        "numpy_blas": "", "onnxruntime_intra_op_threads": 1, "torch_threads": 1,
+                        "cuda_devices": 0},
+            "repeats": 3, "quick": False, "goals": [goal]})
         assert ("UNSTABLE" in text) is unstable

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, strategies as st
 
-from refdyn.bilinear import G, bilinear_sample, bilinear_sample_backward, \
+from refdyn.bilinear_numpy import G, bilinear_sample, bilinear_sample_backward, \
     bilinear_sample_grad_coords, bilinear_sample_literal, \
     bilinear_sample_grad_image, dg_db, g, sample_point, sample_point_grad
 from refdyn.finite_differences import kink_free_values

@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 
 from refdyn import bench, bench_deterministic, cli
-from refdyn.gpu import backend_problem
 from refdyn.testing.deform_conv_cases import DeformConvConfig
 
-needs_host = pytest.mark.skipif(backend_problem("host") is not None,
-                                reason=f"host backend: {backend_problem('host')}")
-needs_numba = pytest.mark.skipif(backend_problem("numba") is not None,
-                                 reason=f"numba backend: {backend_problem('numba')}")
 
 #: Ids the sort must leave alone: the slots after the last list.
 UNTOUCHED = -7
@@ -55,7 +50,7 @@ def assert_each_list_sorted(sizes, entries, lists, extra=3):
     np.testing.assert_array_equal(entries[len(entries) - extra:], UNTOUCHED)
 
 
-@needs_host
+@pytest.mark.backend("host")
 @pytest.mark.parametrize("grid", [(1, 1), (2, 3), (4, 7)])
 def test_cuda_c_sort_kernel_sorts_every_list(grid):
     """deform_conv_sort_contributions of deform_conv.cu, compiled for the CPU, on any grid."""
@@ -67,8 +62,8 @@ def test_cuda_c_sort_kernel_sorts_every_list(grid):
     assert_each_list_sorted(sizes, entries, lists)
 
 
-@needs_numba
-def test_numba_sort_kernel_sorts_every_list(nb, cuda):
+@pytest.mark.backend("numba")
+def test_numba_sort_kernel_sorts_every_list(deform_conv_kernels, cuda):
     """_sort_contributions_kernel on two rows of lists (starts per row, as _contribution_lists
     makes them), each row's slots after its last list left alone."""
     lists = hand_made_lists()
@@ -82,7 +77,8 @@ def test_numba_sort_kernel_sorts_every_list(nb, cuda):
         starts[row, 1:] = np.cumsum([len(ids) for ids in half])
         entries[row, :starts[row, -1]] = np.concatenate(half)
     sorted_entries = cuda.to_device(entries)
-    nb._launch(nb._sort_contributions_kernel, 2 * pixels, cuda.to_device(starts), sorted_entries)
+    deform_conv_kernels._launch(deform_conv_kernels._sort_contributions_kernel, 2 * pixels,
+                                cuda.to_device(starts), sorted_entries)
     sorted_entries = sorted_entries.copy_to_host()
     for row, half in enumerate(halves):
         sizes = np.diff(starts[row])
@@ -118,7 +114,7 @@ def sum_in_id_order(case) -> np.ndarray:
     return grad_input
 
 
-@needs_host
+@pytest.mark.backend("host")
 @pytest.mark.parametrize("grid", [(2, 3), (4, 7)])
 def test_cuda_c_sums_one_pixel_in_increasing_id_order(grid):
     """Through the host build: its atomics place each list's ids in interleaved runs (threads
@@ -131,7 +127,7 @@ def test_cuda_c_sums_one_pixel_in_increasing_id_order(grid):
     np.testing.assert_array_equal(grads.grad_input, sum_in_id_order(case))
 
 
-@needs_numba
+@pytest.mark.backend("numba")
 def test_numba_sums_one_pixel_in_increasing_id_order(nb):
     case = one_pixel_case(4, 4, seed=0)
     grads = nb.deform_conv2d_backward(case.grad_output, **case.backward_kwargs(),
@@ -139,7 +135,7 @@ def test_numba_sums_one_pixel_in_increasing_id_order(nb):
     np.testing.assert_array_equal(grads.grad_input, sum_in_id_order(case))
 
 
-@needs_host
+@pytest.mark.backend("host")
 def test_bench_section_times_the_sort_on_reversed_and_shuffled_lists():
     report = bench.run(bench.build_parser().parse_args(
         ["--quick", "--repeats", "1", "--case", "deterministic"]))

@@ -4,7 +4,7 @@ without fused multiply-adds, so they round as the NumPy reference does.
 
 The simulator runs kernels as Python and would accept code that NVVM refuses (types it cannot
 unify, unsupported calls); this compiles each launched variant (kernel and argument types,
-recorded by refdyn.gpu._numba_support.LAUNCHED_VARIANTS) in a separate process where numba.cuda
+recorded by refdyn.gpu.numba_support.LAUNCHED_VARIANTS) in a separate process where numba.cuda
 is the real compiler.  conftest.py runs this file last, so the variants of the whole session
 are compiled; run alone, it first launches every kernel through ``refdyn check``'s checks.
 """
@@ -25,8 +25,9 @@ from refdyn.registry import OPERATORS
 
 WORKER = Path(__file__).with_name("gpu_numba_ptx_worker.py")
 CAPABILITY = (9, 0)
-NUMBA_MODULES = ("refdyn.gpu.numba", "refdyn.gpu._numba_support", "refdyn.gpu._numba_ddf",
-                 "refdyn.gpu._numba_lsdfn", "refdyn.gpu._numba_mimic", "refdyn.gpu._numba_roi")
+#: The modules that define Numba kernels: every family's ``<stem>_numba.py`` and numba_support.
+NUMBA_MODULES = ("refdyn.gpu.numba_support", *sorted(
+    f"refdyn.gpu.{path.stem}" for path in (Path(__file__).parents[1] / "gpu").glob("*_numba.py")))
 COMPILE_TIME_LIMIT_S = 1200
 
 
@@ -91,7 +92,7 @@ def launch_deterministic_backward_on_device_arrays(nb):
 
 
 def test_every_launched_numba_kernel_variant_compiles_for_sm90(nb, tmp_path):
-    from refdyn.gpu._numba_support import LAUNCHED_VARIANTS
+    from refdyn.gpu.numba_support import LAUNCHED_VARIANTS
     kernels = module_kernels()
     assert len(kernels) >= 40, sorted(kernels)       # the finder sees the kernels
     if not kernels <= set(LAUNCHED_VARIANTS):        # run alone: launch every kernel first
@@ -105,7 +106,7 @@ def test_every_launched_numba_kernel_variant_compiles_for_sm90(nb, tmp_path):
                 for (module, name), signatures in sorted(LAUNCHED_VARIANTS.items())
                 if (module, name) in kernels              # not a test's own kernel
                 for argument_types in sorted(signatures, key=str)]
-    roi_forward = sorted(LAUNCHED_VARIANTS["refdyn.gpu._numba_roi", "_forward_kernel"], key=str)
+    roi_forward = sorted(LAUNCHED_VARIANTS["refdyn.gpu.roi_numba", "_forward_kernel"], key=str)
     probes = [("__main__", "roi_coordinates",
                (rois, offset, mask, geo, scales, types.float64[::1]))
               for _, _, rois, offset, mask, _, geo, scales in roi_forward]

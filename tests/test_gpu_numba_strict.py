@@ -1,5 +1,5 @@
 """The strict simulator: every Numba kernel launch is held to what numba-cuda's dispatcher
-accepts on a device (refdyn.gpu._numba_support._device_arguments), so a kernel call that a
+accepts on a device (refdyn.gpu.numba_support._device_arguments), so a kernel call that a
 device would refuse fails here too, and scalars reach the simulated kernel with the types the
 device compiles them as."""
 
@@ -11,8 +11,8 @@ cuda = pytest.importorskip("numba.cuda")    # a module global: the simulator swa
 
 @pytest.fixture(scope="module")
 def support(nb):
-    from refdyn.gpu import _numba_support
-    return _numba_support
+    from refdyn.gpu import numba_support
+    return numba_support
 
 
 @pytest.mark.parametrize("value, message", [
@@ -22,25 +22,25 @@ def support(nb):
     ([0.0, 0.0], r"argument 'flat' .* a list, which a device refuses"),
     ("zeros", r"argument 'flat' .* a str, which a device refuses"),
 ])
-def test_a_launch_refuses_what_a_device_refuses(nb, support, value, message):
+def test_a_launch_refuses_what_a_device_refuses(deform_conv_kernels, support, value, message):
     with pytest.raises(TypeError, match=message):
-        support._launch(nb._fill_zero_kernel, 2, value)
+        support._launch(deform_conv_kernels._fill_zero_kernel, 2, value)
 
 
-def test_integers_must_fit_the_kernels_64_bits(nb, support):
+def test_integers_must_fit_the_kernels_64_bits(deform_conv_kernels, support):
     flat = cuda.to_device(np.ones(2, np.float32))
     with pytest.raises(TypeError, match=r"argument 'total' .* 18446744073709551616 does not fit"):
-        support._launch(nb._fill_zero_kernel, 2**64, flat)
+        support._launch(deform_conv_kernels._fill_zero_kernel, 2**64, flat)
     with pytest.raises(TypeError, match=r"item 1: None"):
-        support._device_arguments(nb._fill_zero_kernel, (1, (2, None)))
+        support._device_arguments(deform_conv_kernels._fill_zero_kernel, (1, (2, None)))
 
 
-def test_a_valid_launch_runs_and_records_its_variant(nb, support):
+def test_a_valid_launch_runs_and_records_its_variant(deform_conv_kernels, support):
     flat = cuda.to_device(np.ones(5, np.float64))
-    support._launch(nb._fill_zero_kernel, 5, flat)
+    support._launch(deform_conv_kernels._fill_zero_kernel, 5, flat)
     np.testing.assert_array_equal(flat.copy_to_host(), np.zeros(5))
     from numba import types
-    variants = support.LAUNCHED_VARIANTS["refdyn.gpu.numba", "_fill_zero_kernel"]
+    variants = support.LAUNCHED_VARIANTS["refdyn.gpu.deform_conv_numba", "_fill_zero_kernel"]
     assert (types.int64, types.Array(types.float64, 1, "C")) in variants
 
 

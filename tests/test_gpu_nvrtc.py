@@ -5,13 +5,14 @@ module promises.
 ``refdyn.gpu.cupy.compile_source`` runs as on a device, through CuPy's ``compile_using_nvrtc``,
 with compute capability 9.0 given instead of read from the device.  Every nvrtcCompileProgram
 call is recorded with the options NVRTC received and the PTX it made.  The options are recorded,
-not rebuilt, so they are what CuPy passes: refdyn's NVRTC_OPTIONS, then CuPy's -arch=sm_90 and
---device-as-default-execution-space.  For each source:
+not rebuilt, so they are what CuPy passes: refdyn's NVRTC_OPTIONS (the include path of
+common.cuh among them), then CuPy's -arch=sm_90 and --device-as-default-execution-space.  For
+each source:
 
 - it compiles to a cubin for sm_90 without a warning, so a kernel that would not compile on a
   device fails CI: an undeclared identifier, or a call of a ``__host__`` function, which the
   host build (refdyn.gpu.host) accepts; the nvcc tests of test_gpu_cuda_c.py and
-  test_gpu_lsdfn_cuda_c.py skip where nvcc is not installed, and nvcc's options are not CuPy's
+  test_lsdfn_gpu.py skip where nvcc is not installed, and nvcc's options are not CuPy's
   (CuPy adds --device-as-default-execution-space, for one);
 - the last -ftz is false and the last --fmad is false (NVRTC obeys the last of conflicting
   options), and there is no --use_fast_math;
@@ -19,8 +20,8 @@ not rebuilt, so they are what CuPy passes: refdyn's NVRTC_OPTIONS, then CuPy's -
   ones CUDA's math library uses inside expf for either setting, and every float add, sub and mul
   has an explicit rounding mode, which the PTX ISA exempts from contraction into fused
   multiply-adds (so neither NVRTC nor ptxas fuses them);
-- every kernel it exports is one that refdyn.gpu.cupy.launch looks for in this file
-  (refdyn.gpu._cuda_c.source_of names the file of a kernel).
+- the kernels it exports are exactly those refdyn.gpu.cuda_c reads from its declarations, so
+  refdyn.gpu.cupy.launch looks for each kernel in the file that has it.
 
 The last test shows the PTX checks can fail: with -ftz=true appended after refdyn's options (as
 cupy.RawModule appends it) and --fmad=true, both find instructions.
@@ -37,12 +38,15 @@ pytest.importorskip("cupy", reason="cupy-cuda13x is not installed (pip install '
 from cupy.cuda import compiler  # noqa: E402
 from cupy_backends.cuda.libs import nvrtc  # noqa: E402
 
-from refdyn.gpu import _cuda_c  # noqa: E402
+from refdyn.gpu import cuda_c  # noqa: E402
 from refdyn.gpu import cupy as cupy_backend  # noqa: E402
 
 #: Compute capability of an H100 or H200, as CuPy passes it to NVRTC.
 ARCH = "90"
 SOURCES = sorted(path.name for path in cupy_backend.SOURCE_DIR.glob("*.cu"))
+#: Every option CuPy passes to NVRTC for sm_90, in order: refdyn's, then CuPy's two.
+EXPECTED_OPTIONS = ("--std=c++17", "--fmad=false", "-ftz=false", f"-I{cupy_backend.SOURCE_DIR}",
+                    f"-arch=sm_{ARCH}", "--device-as-default-execution-space")
 #: The opcode (``add.rn.f32``) of each PTX instruction line, after any predicate guard.
 OPCODE = re.compile(r"^\s*(?:@!?%\w+\s+)?([a-z][\w.]*)", re.MULTILINE)
 ROUNDING_MODES = {"rn", "rz", "rm", "rp"}
@@ -105,15 +109,14 @@ def test_source_compiles_for_sm_90_as_the_cupy_backend_compiles_it(source, nvrtc
     binary = cupy_backend.compile_source(source, arch=ARCH)
     [(options, ptx, log)] = nvrtc_compiles
     assert binary.startswith(b"\x7fELF"), f"no cubin for sm_{ARCH}; options: {options}"
-    assert options[:len(cupy_backend.NVRTC_OPTIONS)] == cupy_backend.NVRTC_OPTIONS, options
-    assert [option for option in options if option.startswith("-arch")] == [f"-arch=sm_{ARCH}"]
+    assert options == EXPECTED_OPTIONS
     assert (last_value(options, "ftz"), last_value(options, "fmad")) == ("false", "false"), options
     assert not any("use_fast_math" in option for option in options), options
     assert log.strip() == "", f"NVRTC warns with options {options}:\n{log}"
     assert flushing_instructions(ptx) == set()
     assert contractible_instructions(ptx) == set()
     kernels = set(re.findall(r"\.entry\s+(\w+)", ptx))
-    assert kernels and {_cuda_c.source_of(kernel) for kernel in kernels} == {source}
+    assert kernels and kernels == cuda_c.exported_kernels()[source]
 
 
 def test_ptx_checks_see_flushing_and_contraction(monkeypatch, nvrtc_compiles):

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refdyn import bench, cli, gpu, gpu_report
-from refdyn.gpu_report import FAILED, PASSED, SKIPPED, TIMED_OUT, Step
+from refdyn import bench_timing, cli, gpu, gpu_report, gpu_report_probes, gpu_report_runner
+from refdyn.gpu_report_runner import FAILED, PASSED, SKIPPED, TIMED_OUT, Step
 
 PYTHON = sys.executable
 
@@ -53,7 +53,7 @@ def test_report_runs_end_to_end(tmp_path, capsys):
     environment = section(text, "environment")
     assert "CUDA devices (libcuda):" in environment and "installed: refdyn" in environment
     for backend in ("host", "numba", "cupy"):
-        assert f"backend {gpu_report.backend_label(backend)}: " in environment
+        assert f"backend {gpu_report_probes.backend_label(backend)}: " in environment
 
     results = summary(text)
     device = gpu.cuda_device_count() > 0
@@ -120,7 +120,7 @@ def test_hanging_and_raising_steps_are_reported_and_the_next_steps_run(tmp_path)
              Step("works", (PYTHON, "-c", "print('all good')"), 30)]
     report = tmp_path / "report.md"
     start = time.monotonic()
-    results = gpu_report.run_report(str(report), steps, "a test", time_budget=120)
+    results = gpu_report_runner.run_report(str(report), steps, "a test", time_budget=120)
     assert time.monotonic() - start < 30
     assert [result.status for result in results] == [TIMED_OUT, FAILED, PASSED]
     assert 3 <= results[0].seconds < 15
@@ -149,7 +149,8 @@ def test_hanging_and_raising_steps_are_reported_and_the_next_steps_run(tmp_path)
 def test_the_budget_cuts_a_step_and_skips_the_rest(tmp_path):
     steps = [Step("slow", (PYTHON, "-c", "import time; time.sleep(60)"), time_limit=60),
              Step("late", (PYTHON, "-c", "print(1)"), time_limit=60)]
-    results = gpu_report.run_report(str(tmp_path / "report.md"), steps, "a test", time_budget=6)
+    results = gpu_report_runner.run_report(str(tmp_path / "report.md"), steps, "a test",
+                                           time_budget=6)
     assert [result.status for result in results] == [TIMED_OUT, SKIPPED]
     assert 6 <= results[0].seconds < 15
     assert results[0].detail == "killed at its time limit of 6 s (what was left of the report's 6 s)"
@@ -185,10 +186,10 @@ def test_on_a_gpu_machine_a_gpu_backend_that_cannot_run_fails(monkeypatch, tmp_p
     assert "NUMBA_ENABLE_CUDASIM is set: unset it" in numba.failure and not numba.skip
     for backend in ("numba", "cupy"):
         title = (f"deterministic deform_conv2d backward on {backend}: "
-                 f"{gpu_report.DETERMINISTIC_RUNS} runs bitwise identical")
+                 f"{gpu_report_probes.DETERMINISTIC_RUNS} runs bitwise identical")
         assert steps[title].failure.startswith("a CUDA device is present")
     assert not steps["refdyn check on host"].failure
-    result = gpu_report.run_step(steps["refdyn check on cupy"], 10)
+    result = gpu_report_runner.run_step(steps["refdyn check on cupy"], 10)
     assert (result.status, result.seconds) == (FAILED, 0.0)
 
     monkeypatch.setattr(gpu, "cuda_device_count", lambda: 0)
@@ -228,15 +229,16 @@ def test_the_test_step_runs_the_gpu_test_files_but_the_reports_own():
     files = gpu_report.checkout_test_files(gpu_report.DEFAULT_TESTS)
     here = Path(__file__).resolve().parent
     assert str(here / "test_gpu_availability.py") in files
+    assert str(here / "test_deform_conv_gpu.py") in files      # every family's GPU tests
     assert str(here / "test_gpu_report.py") not in files
 
 
 def test_a_step_runs_in_an_empty_folder():
     """``python -m refdyn...`` from a checkout would import the source folder refdyn/, which has
     no refdyn.gpu (CI, with refdyn installed, found the report's children failing so)."""
-    step = gpu_report.Step("where", (sys.executable, "-c", "import os; print(os.listdir('.'))"))
-    result = gpu_report.run_step(step, 30)
-    assert (result.status, result.detail) == (gpu_report.PASSED, "[]"), result
+    step = Step("where", (sys.executable, "-c", "import os; print(os.listdir('.'))"))
+    result = gpu_report_runner.run_step(step, 30)
+    assert (result.status, result.detail) == (PASSED, "[]"), result
 
 
 def test_pytest_counts_are_the_detail():
@@ -247,12 +249,12 @@ def test_pytest_counts_are_the_detail():
 def with_device_standing_in(monkeypatch):
     """The Numba simulator standing in for a device (as in tests/test_bench.py)."""
     if gpu.cuda_device_count() == 0:
-        monkeypatch.setattr(bench, "gpu_problem", lambda backend: None)
+        monkeypatch.setattr(bench_timing, "gpu_problem", lambda backend: None)
 
 
 def test_deterministic_backward_is_checked_run_to_run(monkeypatch, capsys, nb):
     with_device_standing_in(monkeypatch)
-    assert gpu_report.deterministic_backward("numba", quick=True) == []
+    assert gpu_report_probes.deterministic_backward("numba", quick=True) == []
     assert "bitwise identical in 3 runs: grad_input, grad_offset, grad_weight, grad_bias, " \
            "grad_mask" in capsys.readouterr().out
 
@@ -269,7 +271,7 @@ def test_deterministic_backward_finds_a_run_that_differs(monkeypatch, nb, cuda):
         return dataclasses.replace(grads, grad_input=cuda.to_device(grad_input))
 
     monkeypatch.setattr(nb, "deform_conv2d_backward", drifting)
-    failures = gpu_report.deterministic_backward("numba", quick=True)
+    failures = gpu_report_probes.deterministic_backward("numba", quick=True)
     assert len(failures) == 2 and all(failure.startswith("grad_input of run ")
                                       for failure in failures), failures
 

@@ -1,5 +1,5 @@
-"""Work limits of the RoI pooling family and LS-DFN (refdyn.roi_pool_args, refdyn.lsdfn_args;
-docs/roi_pooling.md, "Limits").
+"""Work limits of the RoI pooling family and LS-DFN (refdyn.roi_args, refdyn.lsdfn_args;
+docs/roi.md, "Limits").
 
 Arguments whose loops would run practically forever (a huge RoI with adaptive sampling, a huge
 sampling_ratio or sample_per_part, spatial_scale = 1e300, a huge LS-DFN ``samples``) or whose
@@ -19,10 +19,9 @@ import pytest
 
 from refdyn.lsdfn_args import MAX_GAMMA, MAX_SAMPLES
 from refdyn.registry import BACKENDS, OPERATORS
-from refdyn.roi_align_family import check_roi_align_args
-from refdyn.roi_pool_args import MAX_POOLED, MAX_SAMPLES_PER_AXIS, MAX_TOTAL_SAMPLES
-from refdyn.roi_pooling import _eq5_axis, _eq5_widest, check_deform_ps_roi_pool_args, \
-    check_deform_roi_pool_args
+from refdyn.roi_args import MAX_POOLED, MAX_SAMPLES_PER_AXIS, MAX_TOTAL_SAMPLES, _eq5_widest, \
+    check_deform_ps_roi_pool_args, check_deform_roi_pool_args, check_roi_align_args
+from refdyn.roi_pool_numpy import _eq5_axis
 from refdyn.testing.cases import close_enough, mismatch_report
 from refdyn.testing.roi_cases import ROI_OPERATORS
 

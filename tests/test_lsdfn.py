@@ -1,4 +1,4 @@
-"""Properties of LS-DFN (paper 000) and DFN beyond the generic registry checks: the paper's
+"""Properties of LS-DFN (Wu et al., ECCV 2018) and DFN beyond the generic registry checks: the paper's
 special cases against independent computations, the kernel forms, the two indexings, the
 attention factorization, max fusion, the DFN reduction, the block and the argument checks."""
 
@@ -9,10 +9,10 @@ from hypothesis import example, given, strategies as st
 from refdyn import dfn, dfn_backward, lsdfn, lsdfn_backward, lsdfn_kernels, lsdfn_sample, \
     lsdfn_sample_backward
 from refdyn.finite_differences import adjoint_residual, gradcheck
-from refdyn.large_sampling_dynamic_filter import lsdfn_kernels_backward
+from refdyn.lsdfn_numpy import lsdfn_kernels_backward
 from refdyn.lsdfn_block import LSDFNBlockParams, branch_channels, init_block_params, \
     lsdfn_block, lsdfn_block_backward
-from refdyn.registry import DFN, LSDFN, LSDFN_SAMPLE
+from refdyn.registry import DFN, LSDFN
 from refdyn.testing.independent import plain_conv2d
 from refdyn.testing.lsdfn_cases import DFNConfig, LSDFNConfig, make_dfn_case, make_lsdfn_case
 from refdyn.testing.strategies import lsdfn_configs
@@ -304,18 +304,6 @@ def test_outputs_keep_the_input_dtype(op, make, config, name, load_backend):
         assert value is None or value.dtype == np.float32, field
 
 
-@pytest.mark.parametrize("name", BACKENDS)
-def test_empty_batch_gives_empty_results(name, load_backend):
-    forward, backward = load_backend(LSDFN, name)
-    case = make_lsdfn_case(LSDFNConfig(batch=0, channels=3, out_channels=2, samples=3))
-    assert forward(**case.forward_kwargs()).shape == (0, 2, 4, 5)
-    grads = backward(case.grad_output, **case.forward_kwargs())
-    assert grads.grad_features.shape == (0, 3, 4, 5)
-    assert grads.grad_u.shape == (0, 2, 3, 4, 5) and grads.grad_v.shape == (0, 2, 9, 4, 5)
-    assert grads.grad_sample_attention.shape == (0, 18, 4, 5)
-    assert grads.grad_full_attention is None
-
-
 # --- the block --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("attention,fuse,form", [("factorized", "sum", "described"),
@@ -351,66 +339,4 @@ def test_bad_block_arguments_raise_a_clear_error():
 
 # --- argument validation ----------------------------------------------------------------------
 
-def valid_arguments():
-    case = make_lsdfn_case(LSDFNConfig(batch=2, channels=3, out_channels=2, samples=2))
-    return {**case.forward_kwargs(), "grad_output": case.grad_output}
 
-
-BAD_ARGUMENTS = {
-    "samples 0": (ValueError, "samples must be >= 1", dict(samples=0)),
-    "gamma float": (TypeError, "gamma must be an int", dict(gamma=1.5)),
-    "residual not bool": (TypeError, "residual must be a bool", dict(residual=1)),
-    "unknown attention": (ValueError, "attention must be one of", dict(attention="soft")),
-    "unknown fuse": (ValueError, "fuse must be one of", dict(fuse="mean")),
-    "unknown indexing": (ValueError, "indexing must be one of", dict(indexing="center")),
-    "unknown kernel form": (ValueError, "kernel_form must be one of", dict(kernel_form="eq6")),
-    "features not an array": (TypeError, "features must be an array", dict(features=[[1.0]])),
-    "integer features": (TypeError, "features must have dtype float32 or float64",
-                         dict(features=np.zeros((2, 3, 4, 5), int))),
-    "u 4-D": (ValueError, "u must have 5 dimensions", dict(u=np.zeros((2, 2, 3, 4)))),
-    "u channels": (ValueError, r"u must have shape \(N, C', C, H, W\) = \(2, 2, 3, 4, 5\)",
-                   dict(u=np.zeros((2, 2, 1, 4, 5)))),
-    "v taps": (ValueError, r"v must have shape \(N, C', k\*k, H, W\) = \(2, 2, 9, 4, 5\)",
-               dict(v=np.zeros((2, 2, 4, 4, 5)))),
-    "mixed dtypes": (TypeError, "v has dtype float32 but input has dtype float64",
-                     dict(v=np.zeros((2, 2, 9, 4, 5), np.float32))),
-    "sample attention channels": (
-        ValueError, r"sample_attention must have shape \(N, C' \* s \* s, H, W\) with C' = 2",
-        dict(sample_attention=np.zeros((2, 4, 4, 5)))),
-    "missing attention": (ValueError, "attention='factorized' needs position_attention",
-                          dict(position_attention=None)),
-    "extra attention": (ValueError, "attention=None takes no sample_attention",
-                        dict(attention=None)),
-    "nan u": (ValueError, "u must be finite", dict(u=np.full((2, 2, 3, 4, 5), np.nan))),
-    "inf attention": (ValueError, "position_attention must be finite",
-                      dict(position_attention=np.full((2, 18, 4, 5), np.inf))),
-}
-
-
-@pytest.mark.parametrize("name", BACKENDS)
-@pytest.mark.parametrize("problem", BAD_ARGUMENTS)
-def test_bad_arguments_raise_a_clear_error(name, problem, load_backend, assert_rejected):
-    error, message, changes = BAD_ARGUMENTS[problem]
-    assert_rejected(*load_backend(LSDFN, name), {**valid_arguments(), **changes}, error, message)
-
-
-@pytest.mark.parametrize("name", BACKENDS)
-def test_bad_backward_and_other_operator_arguments(name, load_backend):
-    _, backward = load_backend(LSDFN, name)
-    arguments = valid_arguments()
-    with pytest.raises(ValueError, match=r"grad_output must have shape \(N, C', H, W\)"):
-        backward(**{**arguments, "grad_output": arguments["grad_output"][:, :1]})
-    sample_forward, _ = load_backend(LSDFN_SAMPLE, name)
-    features = arguments["features"]
-    with pytest.raises(ValueError, match=r"kernels must have shape \(N, C', C, k, k, H, W\)"):
-        sample_forward(features, np.zeros((2, 1, 3, 3, 3, 4, 4)), 2, 1, 3)
-    dfn_forward, _ = load_backend(DFN, name)
-    with pytest.raises(ValueError, match=r"filters must have shape \(N, k\*k, H, W\) or"):
-        dfn_forward(features, np.zeros((2, 10, 4, 5)), 3)
-    with pytest.raises(TypeError, match="softmax must be a bool"):
-        dfn_forward(features, np.zeros((2, 9, 4, 5)), 3, "yes")
-
-
-def test_the_valid_arguments_of_the_error_tests_are_valid():
-    arguments = valid_arguments()
-    lsdfn_backward(arguments.pop("grad_output"), **arguments)

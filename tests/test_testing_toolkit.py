@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import refdyn
-from refdyn.bilinear import bilinear_sample_backward_literal
-from refdyn.deform_conv import deform_conv2d_backward_literal, deform_conv2d_literal
+from refdyn.bilinear_numpy import bilinear_sample_backward_literal
+from refdyn.deform_conv_numpy import deform_conv2d_backward_literal, deform_conv2d_literal
 from refdyn.testing import adapters, check_backward, check_forward
 from refdyn.testing.conformance import run_conformance
 from refdyn.testing.roi_cases import RoIPoolConfig

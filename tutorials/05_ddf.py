@@ -22,7 +22,7 @@
 # **DDF-Up** to upsample an image with guidance. Every number is checked against `refdyn`; the
 # derivations are in `docs/ddf.md`.
 #
-# The operation (paper 003), for channel `c` and output pixel `i`:
+# The operation (DDF, Zhou et al., CVPR 2021), for channel `c` and output pixel `i`:
 #
 # ```
 # out[c, i] = sum_{j in window(i)}  D_sp[i][tap(j)] * D_ch[c][tap(j)] * F[c, j]
@@ -45,13 +45,13 @@ import numpy as np
 
 import refdyn
 from refdyn.plot import figure_directory
-from refdyn.decoupled_dynamic_filter import ddf_literal
+from refdyn.ddf_numpy import ddf_literal
 from refdyn.ddf_block import ddf_up, ddf_up_backward, init_branch_params, pixel_unshuffle, \
     spatial_branch
 from refdyn.ddf_cost import conv2d_multiply_adds, conv2d_parameters, ddf_multiply_adds, \
     ddf_parameters, depthwise_conv2d_multiply_adds, dynamic_filter_multiply_adds, \
     dynamic_filter_parameters
-from refdyn.filter_normalization import nonlinearity_gain
+from refdyn.ddf_filter_norm_numpy import nonlinearity_gain
 
 np.set_printoptions(precision=4, suppress=True)
 
@@ -102,7 +102,7 @@ for ky in range(K):
 output = refdyn.ddf(features, channel_filter, spatial_filter, K)
 print("(* = outside the image: reads 0)")
 print(f"\nby hand:    out[0,{C},{I},{J}] = {total:.10f}")
-print(f"refdyn.decoupled_dynamic_filter: out[0,{C},{I},{J}] = {output[0, C, I, J]:.10f}")
+print(f"refdyn.ddf_numpy: out[0,{C},{I},{J}] = {output[0, C, I, J]:.10f}")
 assert np.isclose(total, output[0, C, I, J], rtol=1e-12, atol=1e-12)
 assert np.allclose(ddf_literal(features, channel_filter, spatial_filter, K), output,
                    rtol=1e-12, atol=1e-12)
@@ -144,7 +144,7 @@ print(f"full depth-wise dynamic filter: {full_filter.size} values; "
 #
 # The official spatial branch uses `alpha = gain / k` (`gain = sqrt(2)` after ReLU, 1 for
 # "linear"), `beta = 0`, the unbiased standard deviation and `eps = 1e-10`
-# (`refdyn.filter_normalization.spatial_filter_norm`). Below, a spatial branch with
+# (`refdyn.ddf_filter_norm_numpy.spatial_filter_norm`). Below, a spatial branch with
 # deliberately large weights predicts the raw filters of a 16 x 16 image.
 
 # %%

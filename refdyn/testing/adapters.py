@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..deform_conv import deform_conv2d
-from ..roi_align_family import roi_align
-from ..roi_pooling import deform_ps_roi_pool
+from ..deform_conv_numpy import deform_conv2d
+from ..roi_align_numpy import roi_align
+from ..roi_pool_numpy import deform_ps_roi_pool
 
 #: The offset-gradient rule at the image edge of each framework (``coord_grad`` argument of
-#: :func:`refdyn.deform_conv2d_backward`; REFERENCE.md section 1).
+#: :func:`refdyn.deform_conv2d_backward`; docs/conventions.md section 1).
 COORD_GRAD_RULES = {"torchvision": "torchvision", "mmcv": "mmcv", "dcnv2-official": "mmcv"}
 
 #: ONNX RoiAlign coordinate_transformation_mode -> refdyn/torchvision ``aligned``.

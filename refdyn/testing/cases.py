@@ -91,6 +91,24 @@ def mismatch_report(name: str, actual, expected, dtype) -> str:
             f"{np.dtype(dtype)} tolerance rtol={rtol:g}, atol={atol:g} x scale)")
 
 
+def assert_close(name: str, actual, expected, dtype) -> None:
+    """Assert that ``actual`` is a NumPy array of ``dtype`` (as ``expected`` is) within
+    :func:`close_enough` of ``expected``; the message is :func:`mismatch_report`'s."""
+    assert isinstance(actual, np.ndarray), f"{name}: {type(actual).__name__}"
+    assert actual.dtype == expected.dtype == np.dtype(dtype), name
+    assert close_enough(actual, expected, dtype), mismatch_report(name, actual, expected, dtype)
+
+
+def assert_grads_close(actual, expected, dtype, names) -> None:
+    """:func:`assert_close` on each gradient ``names`` of two gradient records, which must be
+    None in both or in neither."""
+    for name in names:
+        a, e = getattr(actual, name), getattr(expected, name)
+        assert (a is None) == (e is None), name
+        if e is not None:
+            assert_close(name, a, e, dtype)
+
+
 def _raised_error(function, kwargs):
     """The TypeError or ValueError ``function(**kwargs)`` raises, or None."""
     try:

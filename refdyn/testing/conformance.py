@@ -186,7 +186,7 @@ def _compared_arrays(candidate: Callable, operator: Operator, direction: str, ca
 
 def _sampling_coordinates(operator: str, case: Case, name: str, index: tuple) -> list[str]:
     """Where the element ``name[index]`` samples the image, for the operators with explicit
-    sampling points (REFERENCE.md sections 1-2); empty for the others."""
+    sampling points (docs/conventions.md sections 1-2); empty for the others."""
     arrays = case.arrays
     if operator == "bilinear_sample":
         if name not in ("output", "grad_y", "grad_x"):

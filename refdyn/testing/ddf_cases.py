@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..decoupled_dynamic_filter import ddf, ddf_backward
+from ..ddf_numpy import ddf, ddf_backward
 from . import cases
 from .cases import Case, Config
 

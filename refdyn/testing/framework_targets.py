@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..roi_align_family import roi_align_backward
+from ..roi_align_numpy import roi_align_backward
 from .roi_cases import make_case as make_roi_case
 from .targets import _pair
 

@@ -193,8 +193,8 @@ def dfn_example_configs(thorough: bool = False) -> list[DFNConfig]:
 
 def references():
     """The NumPy reference (forward, backward) of dfn, lsdfn_sample and lsdfn, by name."""
-    from ..dynamic_filter_networks import dfn, dfn_backward
-    from ..large_sampling_dynamic_filter import lsdfn, lsdfn_backward, lsdfn_sample, \
+    from ..lsdfn_dfn_numpy import dfn, dfn_backward
+    from ..lsdfn_numpy import lsdfn, lsdfn_backward, lsdfn_sample, \
         lsdfn_sample_backward
     return {"dfn": (dfn, dfn_backward), "lsdfn_sample": (lsdfn_sample, lsdfn_sample_backward),
             "lsdfn": (lsdfn, lsdfn_backward)}

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..roi_align_family import align_grid
-from ..roi_pooling import PSRoIParams, eq5_grid, official_grid, official_roi, part_cells
+from ..roi_align_numpy import align_grid
+from ..roi_args import PSRoIParams, official_roi
+from ..roi_pool_numpy import eq5_grid, official_grid, part_cells
 from .cases import Case, Config
 
 ROI_OPERATORS = ("roi_align", "ps_roi_align", "deform_roi_align", "deform_roi_pool",
