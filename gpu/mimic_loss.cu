@@ -5,7 +5,11 @@
 //     L = sum_r [1 - cos_r],   cos_r = <f, g> / (N(f) N(g)),   N(v) = max(|v|, eps)
 //
 // Semantics are those of the NumPy reference refdyn/mimic_loss_numpy.py: a zero feature vector
-// has norm eps, cosine 0 and loss term 1, never NaN.  Every arithmetic step runs in double for
+// has norm eps, cosine 0 and loss term 1, never NaN.  As there, each RoI's vectors are divided
+// by their largest |entry| s_f, s_g first (f^ = f / s_f), so that no square overflows or
+// underflows and the loss stays scale-invariant up to the dtype's range:
+//
+//     cos = <f^, g^> / n_f / n_g,   n_f = max(|f^|, eps / s_f) = N(f) / s_f.  Every arithmetic step runs in double for
 // both dtypes, as the reference does (it computes in float64 and rounds the results to the
 // dtype); only the stored results are scalar_t.  Every array is C-contiguous.
 //
@@ -13,13 +17,14 @@
 // grid-stride loops, 64-bit indices), which also says how each compiler builds this file.
 //
 // Kernels (no floating-point atomics anywhere: the same bits on every run and any grid):
-//  (K1) mimic_loss_rows:     one thread per RoI sums <f, g>, |f|^2 and |g|^2 over
-//                            k = 0 .. D-1 in increasing k and writes the RoI's statistics
-//                            (STAT_* below).
+//  (K1) mimic_loss_rows:     one thread per RoI finds s_f and s_g, sums <f^, g^>, |f^|^2 and
+//                            |g^|^2 over k = 0 .. D-1 in increasing k and writes the RoI's
+//                            statistics (STAT_* below).
 //  (K2) mimic_loss_sum:      one thread (the first of the grid) sums the terms 1 - cos_r over
 //                            r in increasing r and stores L.
 //  (K3) mimic_loss_backward: one thread per element (r, k) writes both gradients, go = dL/dL:
-//       dL/df_k = -go (g_k / (N(f) N(g)) - [|f| > eps] cos / |f|^2 f_k),  and symmetrically.
+//       dL/df_k = -go (g^_k / N(f) / n_g - [|f^| > eps / s_f] cos / (s_f |f^|) / |f^| f^_k),
+//       and symmetrically (N(f) = max(s_f |f^|, eps)).
 
 #include "common.cuh"
 
@@ -34,17 +39,26 @@ struct MimicGeometry {
 
 // The statistics of one RoI (double, STAT_COUNT per RoI, row-major (R, STAT_COUNT)).
 enum MimicStat {
-    STAT_COS = 0,          // cos_r
-    STAT_NORM_PRODUCT = 1, // N(f) N(g)
-    STAT_LENGTH_F = 2,     // |f|
-    STAT_LENGTH_G = 3,     // |g|
-    STAT_COUNT = 4
+    STAT_COS = 0,      // cos_r
+    STAT_SCALE_F = 1,  // s_f, the largest |f_k| (1 for a zero vector)
+    STAT_SCALE_G = 2,  // s_g
+    STAT_LENGTH_F = 3, // |f^|
+    STAT_LENGTH_G = 4, // |g^|
+    STAT_COUNT = 5
 };
 
-// N(v) = max(|v|, eps).
-__device__ __forceinline__ double clamped_norm(double length, double eps)
+__device__ __forceinline__ double larger(double a, double b)
 {
-    return length > eps ? length : eps;
+    return a > b ? a : b;
+}
+
+// The largest |v_k| of a vector of `size` entries, 1 for a zero vector.
+template <typename scalar_t>
+__device__ double vector_scale(const scalar_t* v, index_t size)
+{
+    double peak = 0;
+    for (index_t k = 0; k < size; ++k) peak = larger(peak, fabs((double)v[k]));
+    return peak > 0 ? peak : 1.0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -59,19 +73,20 @@ __device__ void rows(const MimicGeometry geo, const scalar_t* features, const sc
     GRID_STRIDE_LOOP(r, geo.rois) {
         const scalar_t* f = features + r * geo.size;
         const scalar_t* g = target + r * geo.size;
+        const double scale_f = vector_scale(f, geo.size), scale_g = vector_scale(g, geo.size);
         double dot = 0, square_f = 0, square_g = 0;
         for (index_t k = 0; k < geo.size; ++k) {
-            const double a = (double)f[k], b = (double)g[k];
+            const double a = (double)f[k] / scale_f, b = (double)g[k] / scale_g;
             dot += a * b;
             square_f += a * a;
             square_g += b * b;
         }
         const double length_f = sqrt(square_f), length_g = sqrt(square_g);
-        const double norm_product = clamped_norm(length_f, geo.eps)
-                                    * clamped_norm(length_g, geo.eps);
         double* out = stats + r * STAT_COUNT;
-        out[STAT_COS] = dot / norm_product;
-        out[STAT_NORM_PRODUCT] = norm_product;
+        out[STAT_COS] = dot / larger(length_f, geo.eps / scale_f)
+                        / larger(length_g, geo.eps / scale_g);
+        out[STAT_SCALE_F] = scale_f;
+        out[STAT_SCALE_G] = scale_g;
         out[STAT_LENGTH_F] = length_f;
         out[STAT_LENGTH_G] = length_g;
     }
@@ -93,13 +108,16 @@ __device__ void sum_terms(const MimicGeometry geo, const double* stats, scalar_t
 // Backward (K3)
 // ---------------------------------------------------------------------------------------------
 
-// The gradient of 1 - cos with respect to entry `own` of one vector, `other` the matching entry
-// of the other vector, times go: -go (other / (N(f) N(g)) - [|own| > eps] cos / |own|^2 own).
+// The gradient of 1 - cos with respect to entry `own` (scaled by s_own) of one vector, `other`
+// the matching entry of the other vector (scaled by s_other), times go:
+// -go (other^ / N(own) / n_other - [|own^| > eps / s_own] cos / (s_own |own^|) / |own^| own^).
 __device__ __forceinline__ double entry_grad(double go, double own, double other, double cos,
-                                             double norm_product, double length, double eps)
+                                             double scale, double length, double other_scale,
+                                             double other_length, double eps)
 {
-    const double radial = length > eps ? cos / (length * length) : 0.0;
-    return -go * (other / norm_product - radial * own);
+    const double radial = length > eps / scale ? cos / (scale * length) / length : 0.0;
+    return -go * (other / other_scale / larger(scale * length, eps)
+                  / larger(other_length, eps / other_scale) - radial * own / scale);
 }
 
 // One thread per element (r, k) writes grad_features and grad_target there.
@@ -112,12 +130,12 @@ __device__ void backward(const MimicGeometry geo, const scalar_t* features, cons
     GRID_STRIDE_LOOP(idx, geo.rois * geo.size) {
         const double* stat = stats + idx / geo.size * STAT_COUNT;
         const double f = (double)features[idx], g = (double)target[idx];
-        grad_features[idx] = (scalar_t)entry_grad(go, f, g, stat[STAT_COS],
-                                                  stat[STAT_NORM_PRODUCT], stat[STAT_LENGTH_F],
-                                                  geo.eps);
-        grad_target[idx] = (scalar_t)entry_grad(go, g, f, stat[STAT_COS],
-                                                stat[STAT_NORM_PRODUCT], stat[STAT_LENGTH_G],
-                                                geo.eps);
+        grad_features[idx] = (scalar_t)entry_grad(
+            go, f, g, stat[STAT_COS], stat[STAT_SCALE_F], stat[STAT_LENGTH_F],
+            stat[STAT_SCALE_G], stat[STAT_LENGTH_G], geo.eps);
+        grad_target[idx] = (scalar_t)entry_grad(
+            go, g, f, stat[STAT_COS], stat[STAT_SCALE_G], stat[STAT_LENGTH_G],
+            stat[STAT_SCALE_F], stat[STAT_LENGTH_F], geo.eps);
     }
 }
 

@@ -23,7 +23,7 @@ from .cuda_c import KERNEL_SUFFIX
 GEOMETRY_FIELDS = ("rois", "size", "eps")
 
 #: ``STAT_COUNT`` of ``enum MimicStat`` in mimic_loss.cu: doubles per RoI of the statistics.
-STAT_COUNT = 4
+STAT_COUNT = 5
 
 
 def geometry_array(xp, rois: int, size: int, eps: float):

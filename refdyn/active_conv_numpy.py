@@ -38,7 +38,8 @@ from typing import Callable
 
 import numpy as np
 
-from .args import check_finite, check_float_array, check_shape, numpy_all_finite
+from .args import check_finite, check_float_array, check_grad_output, \
+    numpy_all_finite
 from .bilinear_numpy import check_coord_grad, sample_point, sample_point_grad, \
     scatter_point
 from .deform_conv_numpy import deform_conv2d, deform_conv2d_backward
@@ -139,6 +140,7 @@ def active_conv2d_backward_via(deform_backward: Callable, xp, grad_output, input
     deformable-convolution gradients; dL/dtheta sums the offset gradient over (n, i, j)."""
     geo, blocks = check_active_conv2d_args(input, positions, weight, bias, stride, padding,
                                            boundary, all_finite)
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C_out, H_out, W_out)")
     grouped = grouped_positions(positions)
     grad_input = xp.zeros(input.shape, dtype=input.dtype)
     grad_positions = xp.zeros(grouped.shape, dtype=input.dtype)
@@ -223,8 +225,7 @@ def active_conv2d_backward_literal(grad_output, input, positions, weight, bias=N
     """Every gradient of active convolution by loops; ``route`` picks the order in which the
     position gradient is evaluated (see the module docstring); both give the same numbers."""
     geo, _ = check_active_conv2d_args(input, positions, weight, bias, stride, padding, boundary)
-    check_float_array(grad_output, "grad_output", 4, geo.dtype)
-    check_shape(grad_output, "grad_output", geo.output_shape, "(N, C_out, H_out, W_out)")
+    check_grad_output(grad_output, geo.output_shape, geo.dtype, "(N, C_out, H_out, W_out)")
     check_coord_grad(coord_grad)
     if route not in GRADIENT_ROUTES:
         raise ValueError(f"route must be one of {GRADIENT_ROUTES}, got {route!r}")

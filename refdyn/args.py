@@ -36,10 +36,15 @@ def check_float_array(array, name: str, ndim: int, dtype=None) -> np.dtype:
     """Check that ``array`` is a float32/float64 array with ``ndim`` dimensions.
 
     With ``dtype`` given, the array must have exactly that dtype (all the arrays of one
-    call share the input's dtype).  Returns the array's dtype.
+    call share the input's dtype).  A masked array (``numpy.ma``) is refused: every backend would
+    compute with the values under its mask, and each would treat a NaN hidden there otherwise.
+    Returns the array's dtype.
     """
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(array).__name__}")
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array, not a masked array (numpy.ma): the "
+                        "values under its mask would be computed with; pass array.filled(value)")
     array_dtype = np.dtype(array.dtype)
     if array_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array_dtype}")
@@ -63,6 +68,16 @@ def check_grad_output(grad_output, expected_shape, dtype, meaning: str) -> None:
     ``dtype`` with shape ``expected_shape`` (``meaning`` names its axes in the message)."""
     check_float_array(grad_output, "grad_output", len(expected_shape), dtype)
     check_shape(grad_output, "grad_output", expected_shape, meaning)
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int: TypeError unless it is an int (not a bool), ValueError if below
+    ``minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_at_most(value: int, name: str, limit: int, what: str) -> int:

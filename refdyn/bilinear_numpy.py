@@ -54,7 +54,8 @@ from typing import Optional
 
 import numpy as np
 
-from .args import check_finite, check_float_array, check_shape, numpy_all_finite
+from .args import check_finite, check_float_array, check_grad_output, check_shape, \
+    numpy_all_finite
 
 BOUNDARY_RULES = ("zeros", "border")
 SAMPLING_RULES = BOUNDARY_RULES + ("roi_align",)
@@ -414,6 +415,13 @@ def check_bilinear_args(image, y, x, boundary: str, all_finite=numpy_all_finite)
     return dtype
 
 
+def check_bilinear_backward_args(grad_output, image, y, dtype, coord_grad: str) -> None:
+    """coord_grad a known rule; grad_output of the forward's shape image.shape[:-2] + y.shape
+    and of the arrays' dtype."""
+    check_coord_grad(coord_grad)
+    check_grad_output(grad_output, image.shape[:-2] + y.shape, dtype, "image.shape[:-2] + y.shape")
+
+
 def bilinear_sample_literal(image, y, x, boundary: str = "zeros") -> np.ndarray:
     """:func:`bilinear_sample` by a loop over every image of the batch and every point."""
     dtype = check_bilinear_args(image, y, x, boundary)
@@ -430,8 +438,7 @@ def bilinear_sample_backward_literal(grad_output, image, y, x, boundary: str = "
     """Gradients of :func:`bilinear_sample` by loops: each point scatters go * G(q, p) to its
     four neighbours q (the image gradient) and adds go * d x(p)/d p to its coordinates."""
     dtype = check_bilinear_args(image, y, x, boundary)
-    check_coord_grad(coord_grad)
-    check_shape(grad_output, "grad_output", image.shape[:-2] + y.shape, "image.shape[:-2] + y.shape")
+    check_bilinear_backward_args(grad_output, image, y, dtype, coord_grad)
     height, width = image.shape[-2:]
     images = image.reshape(int(np.prod(image.shape[:-2])), height, width)
     grads_out = grad_output.reshape((images.shape[0],) + y.shape)
@@ -452,7 +459,7 @@ def bilinear_sample_backward(grad_output, image, y, x, boundary: str = "zeros",
                              coord_grad: str = "torchvision") -> BilinearGrads:
     """Gradients of :func:`bilinear_sample`: grad_output (..., *P) -> image (..., H, W), y, x (*P)."""
     dtype = check_bilinear_args(image, y, x, boundary)
-    check_shape(grad_output, "grad_output", image.shape[:-2] + y.shape, "image.shape[:-2] + y.shape")
+    check_bilinear_backward_args(grad_output, image, y, dtype, coord_grad)
     height, width = image.shape[-2:]
     stencil = make_stencil(y, x, height, width, boundary, coord_grad)
     lead_ndim = image.ndim - 2

@@ -26,7 +26,13 @@ from typing import Callable
 
 import numpy as np
 
-from .args import check_finite, check_float_array, check_shape, numpy_all_finite
+from .args import check_at_most, check_finite, check_float_array, check_positive_int, \
+    check_shape, numpy_all_finite
+
+#: The largest dilation: a C int, as every stride and dilation, so the farthest tap of any
+#: kernel that fits in memory lies far from wrapping a 64-bit index (a dilation this large
+#: already leaves only the centre tap inside any image that fits in memory).
+MAX_DILATION = 2 ** 31 - 1
 
 KERNEL_COMBINES = ("mul", "add")
 
@@ -77,15 +83,6 @@ class DDFGrads:
     grad_spatial_filter: object
 
 
-def check_positive_int(value, name: str, smallest: int = 1) -> int:
-    """``value`` as an int: TypeError unless it is an int, ValueError if below ``smallest``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < smallest:
-        raise ValueError(f"{name} must be >= {smallest}, got {value}")
-    return int(value)
-
-
 def check_kernel_size(kernel_size) -> int:
     """An odd kernel size >= 1 (the window is centred on the output pixel)."""
     kernel_size = check_positive_int(kernel_size, "kernel_size")
@@ -106,7 +103,8 @@ def check_ddf_args(features, channel_filter, spatial_filter, kernel_size, dilati
     """Validate the arguments of ``ddf`` and return the call's geometry (``head`` from the
     spatial filter's shape: ``spatial_filter.shape[1] / k^2``)."""
     kernel_size = check_kernel_size(kernel_size)
-    dilation = check_positive_int(dilation, "dilation")
+    dilation = check_at_most(check_positive_int(dilation, "dilation"), "dilation", MAX_DILATION,
+                             "a C int, MAX_DILATION")
     stride = check_positive_int(stride, "stride")
     check_kernel_combine(kernel_combine)
 

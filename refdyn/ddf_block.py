@@ -41,7 +41,8 @@ import numpy as np
 
 from .args import check_float_array, check_shape
 from .ddf_numpy import ddf, ddf_backward
-from .ddf_args import check_kernel_combine, check_kernel_size, check_positive_int
+from .args import check_positive_int
+from .ddf_args import check_kernel_combine, check_kernel_size
 from .ddf_filter_norm_numpy import channel_filter_norm, channel_filter_norm_backward, \
     init_channel_scale, nonlinearity_gain, spatial_filter_norm, spatial_filter_norm_backward
 

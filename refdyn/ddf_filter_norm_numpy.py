@@ -105,10 +105,23 @@ def _check_filter_norm_args(filters, axis_of_taps, alpha, beta, unbiased, eps):
 
 
 def _normalized(filters, axes, divisor, eps):
-    """(centred D^ - mu, delta, z = (D^ - mu) / (delta + eps)); delta keeps the tap axes as 1."""
-    centred = filters - np.mean(filters, axis=axes, keepdims=True)
+    """(z, spread, denominator, scale) of FN, from each filter divided by its largest |tap| so
+    that FN stays scale-invariant up to overflow of its result (a filter times 1e200 gives what
+    the filter gives; the statistics of D^ itself would overflow):
+
+        scale = max_t |D^_t| (1 for a zero filter),   u = D^ / scale,
+        spread = sqrt(sum_t (u_t - mean u)^2 / m) = delta / scale,
+        denominator = spread + eps / scale = (delta + eps) / scale,
+        z = (u - mean u) / denominator = (D^ - mu) / (delta + eps).
+
+    Every statistic keeps the tap axes as 1."""
+    scale = np.max(np.abs(filters), axis=axes, keepdims=True)
+    scale = np.where(scale > 0, scale, 1).astype(filters.dtype, copy=False)
+    scaled = filters / scale
+    centred = scaled - np.mean(scaled, axis=axes, keepdims=True)
     spread = np.sqrt(np.sum(centred * centred, axis=axes, keepdims=True) / divisor)
-    return centred, spread, centred / (spread + eps)
+    denominator = spread + eps / scale
+    return centred / denominator, spread, denominator, scale
 
 
 def _sum_to_shape(array, shape):
@@ -128,7 +141,7 @@ def filter_norm(filters, axis_of_taps, alpha=1.0, beta=0.0, unbiased=True, eps=1
     standard deviation (official 1e-10; 0 is the paper's formula).  Returns the filters' dtype.
     """
     axes, divisor = _check_filter_norm_args(filters, axis_of_taps, alpha, beta, unbiased, eps)
-    _, _, normalized = _normalized(filters, axes, divisor, eps)
+    normalized, _, _, _ = _normalized(filters, axes, divisor, eps)
     return (alpha * normalized + beta).astype(filters.dtype, copy=False)
 
 
@@ -141,8 +154,10 @@ def filter_norm_backward(grad_output, filters, axis_of_taps, alpha=1.0, beta=0.0
 
         dL/dD^_t = (gz_t - mean(gz)) / (delta + eps)
                    - c_t * sum_u(gz_u c_u) / ((delta + eps)^2 m delta)
+                 = [gz_t - mean(gz) - z_t sum_u(gz_u z_u) (delta + eps) / (m delta)] / (delta + eps)
 
-    (the second term is 0 for a constant filter, its limit as c -> 0).  It sums to zero over the
+    computed in the second form with the scaled statistics of :func:`_normalized`, so that no
+    power of delta overflows (the second term is 0 for a constant filter, its limit as c -> 0).  It sums to zero over the
     taps: FN does not change when a constant is added to every tap.
     dL/dalpha = sum of grad_output * z and dL/dbeta = sum of grad_output over the axes alpha and
     beta were broadcast along.
@@ -152,14 +167,13 @@ def filter_norm_backward(grad_output, filters, axis_of_taps, alpha=1.0, beta=0.0
     if grad_output.shape != filters.shape:
         raise ValueError(f"grad_output must have the filters' shape {tuple(filters.shape)}, "
                          f"got {tuple(grad_output.shape)}")
-    centred, spread, normalized = _normalized(filters, axes, divisor, eps)
+    normalized, spread, denominator, scale = _normalized(filters, axes, divisor, eps)
     grad_normalized = alpha * grad_output
-    denominator = spread + eps
-    projection = np.sum(grad_normalized * centred, axis=axes, keepdims=True)
+    projection = np.sum(grad_normalized * normalized, axis=axes, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        through_spread = np.where(spread > 0, projection / (denominator ** 2 * divisor * spread), 0)
-    grad_filters = ((grad_normalized - np.mean(grad_normalized, axis=axes, keepdims=True))
-                    / denominator - centred * through_spread)
+        through_spread = np.where(spread > 0, projection * denominator / (divisor * spread), 0)
+    grad_filters = ((grad_normalized - np.mean(grad_normalized, axis=axes, keepdims=True)
+                     - normalized * through_spread) / (denominator * scale))
     dtype = filters.dtype
     return FilterNormGrads(
         grad_filters=grad_filters.astype(dtype, copy=False),

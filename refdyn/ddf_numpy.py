@@ -122,33 +122,41 @@ def ddf_backward_literal(grad_output, features, channel_filter, spatial_filter, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _pad_width(geo: DDFGeometry) -> int:
-    """Zero padding on each side that holds every tap: r * dilation."""
-    return geo.radius * geo.dilation
+def _pad_widths(geo: DDFGeometry) -> tuple[int, int]:
+    """Zero padding on each side of the rows and of the columns that holds every tap: the reach
+    r * dilation, but at most the image's extent on that axis (a tap that far away reads only
+    zeros, as any farther one does, so a huge dilation costs no memory)."""
+    reach = geo.radius * geo.dilation
+    return min(reach, geo.height), min(reach, geo.width)
+
+
+def _tap_slice(geo: DDFGeometry, k: int, pad: int, outputs: int) -> slice:
+    """The padded indices tap k reads along one axis for outputs 0, s, 2 s, ...: the offset
+    (k - r) d, clamped to the padding (beyond it every read is a zero anyway)."""
+    start = pad + max(-pad, min(pad, (k - geo.radius) * geo.dilation))
+    return slice(start, start + (outputs - 1) * geo.stride + 1, geo.stride)
 
 
 def _tap_slices(geo: DDFGeometry):
     """For each tap t = (ky, kx): (t, rows, cols), the slices of the padded features holding the
-    pixel p_i + ((ky - r) d, (kx - r) d) of every output pixel i (padded rows ky d + ph s,
-    likewise the columns)."""
+    pixel p_i + ((ky - r) d, (kx - r) d) of every output pixel i (or a zero of the padding where
+    that pixel lies outside the image)."""
+    pad_h, pad_w = _pad_widths(geo)
     for ky in range(geo.kernel_size):
         for kx in range(geo.kernel_size):
-            rows = slice(ky * geo.dilation, ky * geo.dilation + (geo.out_h - 1) * geo.stride + 1,
-                         geo.stride)
-            cols = slice(kx * geo.dilation, kx * geo.dilation + (geo.out_w - 1) * geo.stride + 1,
-                         geo.stride)
-            yield ky * geo.kernel_size + kx, rows, cols
+            yield (ky * geo.kernel_size + kx, _tap_slice(geo, ky, pad_h, geo.out_h),
+                   _tap_slice(geo, kx, pad_w, geo.out_w))
 
 
 class _Operands:
     """The inputs of one call arranged so that every tap broadcasts over the heads: ``padded``
-    the zero-padded features (N, C, H + 2 r d, W + 2 r d); ``spatial`` (N, head, k*k, H_out,
+    the zero-padded features (N, C, H + 2 pad_h, W + 2 pad_w) (:func:`_pad_widths`); ``spatial`` (N, head, k*k, H_out,
     W_out); ``channel`` (N, head, C/head, k*k)."""
 
     def __init__(self, geo: DDFGeometry, features, channel_filter, spatial_filter):
         self.geo = geo
-        pad = _pad_width(geo)
-        self.padded = np.pad(features, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        pad_h, pad_w = _pad_widths(geo)
+        self.padded = np.pad(features, ((0, 0), (0, 0), (pad_h, pad_h), (pad_w, pad_w)))
         self.spatial = spatial_filter.reshape(geo.batch, geo.head, geo.taps, geo.out_h, geo.out_w)
         self.channel = channel_filter.reshape(geo.batch, geo.head, geo.channels_per_head, geo.taps)
 
@@ -212,8 +220,8 @@ def ddf_backward(grad_output, features, channel_filter, spatial_filter, kernel_s
         go_values = go * values
         grad_spatial[:, :, t] = np.sum(go_values * by_spatial, axis=2)
         grad_channel[:, :, :, t] = np.sum(go_values * by_channel, axis=(3, 4))
-    pad = _pad_width(geo)
+    pad_h, pad_w = _pad_widths(geo)
     return DDFGrads(
-        grad_features=grad_padded[:, :, pad:pad + geo.height, pad:pad + geo.width].copy(),
+        grad_features=grad_padded[:, :, pad_h:pad_h + geo.height, pad_w:pad_w + geo.width].copy(),
         grad_channel_filter=grad_channel.reshape(channel_filter.shape),
         grad_spatial_filter=grad_spatial.reshape(spatial_filter.shape))

@@ -38,9 +38,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .args import check_at_most, check_finite, check_float_array, check_shape, \
-    numpy_all_finite
-from .ddf_args import check_positive_int
+from .args import check_at_most, check_finite, check_float_array, check_positive_int, \
+    check_shape, numpy_all_finite
 
 #: The most samples per axis, s: each output takes s * s samples (4096 at most) and the
 #: max-fusion backward compares every pair of an output's samples (s**4 = 2**24 at most); the
@@ -127,18 +126,27 @@ class LSDFNGeometry:
         return (self.batch, self.out_channels, self.height, self.width)
 
 
+def _pad_widths(geo: LSDFNGeometry) -> tuple[int, int]:
+    """Zero padding of the rows and of the columns: the reach of the farthest read, but at most
+    the map's extent on that axis (a read that far away is a zero, as any farther one is, so a
+    huge gamma costs no memory)."""
+    return min(geo.reach, geo.height), min(geo.reach, geo.width)
+
+
 def pad_by_reach(geo: LSDFNGeometry, array):
-    """Zero-pad the last two axes of ``array`` by the reach of the farthest read."""
-    pad = geo.reach
-    return np.pad(array, [(0, 0)] * (array.ndim - 2) + [(pad, pad), (pad, pad)])
+    """Zero-pad the last two axes of ``array`` for every read (:func:`_pad_widths`)."""
+    pad_h, pad_w = _pad_widths(geo)
+    return np.pad(array, [(0, 0)] * (array.ndim - 2) + [(pad_h, pad_h), (pad_w, pad_w)])
 
 
 def read_window(geo: LSDFNGeometry, dy: int, dx: int):
     """The index of a :func:`pad_by_reach` array holding, at every output (y, x), the pixel
-    (y + dy, x + dx)."""
-    pad = geo.reach
-    return (Ellipsis, slice(pad + dy, pad + dy + geo.height),
-            slice(pad + dx, pad + dx + geo.width))
+    (y + dy, x + dx), or a zero of the padding where that pixel lies outside the map (an offset
+    beyond the padding is clamped to it: the window then lies in the padding entirely)."""
+    pad_h, pad_w = _pad_widths(geo)
+    top = pad_h + max(-pad_h, min(pad_h, dy))
+    left = pad_w + max(-pad_w, min(pad_w, dx))
+    return Ellipsis, slice(top, top + geo.height), slice(left, left + geo.width)
 
 
 @dataclass

@@ -12,6 +12,17 @@ as torch's ``cosine_similarity``) keeps a zero feature vector from dividing by z
     d cos / d f = g / (N(f) N(g)) - cos f / |f|^2          (and symmetrically for g)
 
 With |f| <= eps the norm is the constant eps and the second term drops.  No RoIs: L = 0.
+
+The loss is scale-invariant (cos(a f, b g) = cos(f, g) for a, b > 0 above eps), and refdyn keeps
+it so up to the dtype's range: every implementation divides each RoI's vectors by their largest
+|entry| s_f, s_g first (f^ = f / s_f; s = 1 for a zero vector), where no square overflows or
+underflows, and computes
+
+    cos = <f^, g^> / n_f / n_g,   n_f = N(f) / s_f = max(|f^|, eps / s_f),
+    dL/df_k = -go (g^_k / N(f) / n_g - [|f^| > eps / s_f] cos f^_k / (s_f |f^|) / |f^|),
+
+with N(f) = max(s_f |f^|, eps): the numbers of the formulas above, with no intermediate that
+overflows unless the result does (a vector of 1e200 entries gives what it gives at 1).
 """
 
 from __future__ import annotations
@@ -51,48 +62,72 @@ def _rows(array):
     return array.reshape(array.shape[0], int(np.prod(array.shape[1:], dtype=np.int64)))
 
 
+def _scaled_literal(vector, eps):
+    """The scaled entries, s, |v^|, N(v) and n = max(|v^|, eps / s) of one vector (module
+    docstring), by loops over its entries."""
+    scale = max((abs(float(a)) for a in vector), default=0.0) or 1.0
+    scaled = [float(a) / scale for a in vector]
+    length = sum(a * a for a in scaled) ** 0.5
+    return scaled, scale, length, max(scale * length, eps), max(length, eps / scale)
+
+
 def mimic_loss_literal(features, target, eps=1e-8):
     """L_mimic by loops over RoIs and feature entries.  Same arguments and result as
     :func:`mimic_loss`."""
     dtype = check_mimic_loss_args(features, target, eps)
     total = 0.0
     for f, g in zip(_rows(features), _rows(target)):
-        dot = sum(float(a) * float(b) for a, b in zip(f, g))
-        norm_f = max(sum(float(a) ** 2 for a in f) ** 0.5, eps)
-        norm_g = max(sum(float(b) ** 2 for b in g) ** 0.5, eps)
-        total += 1.0 - dot / (norm_f * norm_g)
+        (f, *_, norm_f), (g, *_, norm_g) = _scaled_literal(f, eps), _scaled_literal(g, eps)
+        total += 1.0 - sum(a * b for a, b in zip(f, g)) / norm_f / norm_g
     return np.asarray(total, dtype=dtype)
 
 
 def mimic_loss_backward_literal(grad_output, features, target, eps=1e-8) -> MimicLossGrads:
-    """Gradients of L_mimic by loops: for each RoI and entry k,
-    dL/df_k = -go (g_k / (N(f) N(g)) - cos f_k / |f|^2 [|f| > eps]), and symmetrically."""
+    """Gradients of L_mimic by loops: for each RoI and entry k, on the scaled vectors,
+    dL/df_k = -go (g^_k / N(f) / n_g - [|f^| > eps / s_f] cos f^_k / (s_f |f^|) / |f^|), and
+    symmetrically."""
     dtype = check_mimic_loss_args(features, target, eps)
     check_float_array(grad_output, "grad_output", 0, dtype)
     go = float(grad_output)
     rows_f, rows_g = _rows(features), _rows(target)
-    grad_f, grad_g = np.zeros(rows_f.shape), np.zeros(rows_g.shape)
+    grads = np.zeros(rows_f.shape), np.zeros(rows_g.shape)
     for r, (f, g) in enumerate(zip(rows_f, rows_g)):
-        dot = sum(float(a) * float(b) for a, b in zip(f, g))
-        length_f = sum(float(a) ** 2 for a in f) ** 0.5
-        length_g = sum(float(b) ** 2 for b in g) ** 0.5
-        norm_f, norm_g = max(length_f, eps), max(length_g, eps)
-        cos = dot / (norm_f * norm_g)
-        for k in range(len(f)):
-            grad_f[r, k] = -go * (g[k] / (norm_f * norm_g)
-                                  - (cos * f[k] / length_f ** 2 if length_f > eps else 0.0))
-            grad_g[r, k] = -go * (f[k] / (norm_f * norm_g)
-                                  - (cos * g[k] / length_g ** 2 if length_g > eps else 0.0))
-    return MimicLossGrads(grad_f.reshape(features.shape).astype(dtype),
-                          grad_g.reshape(target.shape).astype(dtype))
+        vectors = _scaled_literal(f, eps), _scaled_literal(g, eps)
+        cos = sum(a * b for a, b in zip(vectors[0][0], vectors[1][0])) / vectors[0][4] \
+            / vectors[1][4]
+        for grad, own, other in ((grads[0], *vectors), (grads[1], *vectors[::-1])):
+            scaled, scale, length, clamped_norm, _ = own
+            radial = cos / (scale * length) / length if length > eps / scale else 0.0
+            for k in range(len(scaled)):
+                grad[r, k] = -go * (other[0][k] / clamped_norm / other[4] - radial * scaled[k])
+    return MimicLossGrads(grads[0].reshape(features.shape).astype(dtype),
+                          grads[1].reshape(target.shape).astype(dtype))
 
 
-def _cosines(rows_f, rows_g, eps):
-    """Per RoI: cos, N(f), N(g), |f|, |g| (float64)."""
-    length_f = np.linalg.norm(rows_f, axis=1)
-    length_g = np.linalg.norm(rows_g, axis=1)
-    norm_f, norm_g = np.maximum(length_f, eps), np.maximum(length_g, eps)
-    return np.sum(rows_f * rows_g, axis=1) / (norm_f * norm_g), norm_f, norm_g, length_f, length_g
+@dataclass
+class _Scaled:
+    """The rows of one feature set as the module docstring scales them (float64): ``rows``
+    (R, D) divided by ``scale`` (R,), their lengths |v^|, N(v) and n = max(|v^|, eps / s)."""
+
+    rows: np.ndarray
+    scale: np.ndarray
+    length: np.ndarray
+    clamped_norm: np.ndarray
+    scaled_norm: np.ndarray
+
+
+def _scaled(rows, eps) -> _Scaled:
+    peak = np.max(np.abs(rows), axis=1, initial=0.0)
+    scale = np.where(peak > 0, peak, 1.0)
+    scaled = rows / scale[:, None]
+    length = np.sqrt(np.sum(scaled * scaled, axis=1))
+    return _Scaled(scaled, scale, length, np.maximum(scale * length, eps),
+                   np.maximum(length, eps / scale))
+
+
+def _cosines(f: _Scaled, g: _Scaled) -> np.ndarray:
+    """cos of every RoI, <f^, g^> / n_f / n_g."""
+    return np.sum(f.rows * g.rows, axis=1) / f.scaled_norm / g.scaled_norm
 
 
 def mimic_loss(features, target, eps=1e-8):
@@ -103,7 +138,7 @@ def mimic_loss(features, target, eps=1e-8):
     dtype = check_mimic_loss_args(features, target, eps)
     rows_f = _rows(features).astype(np.float64)
     rows_g = _rows(target).astype(np.float64)
-    cos = _cosines(rows_f, rows_g, eps)[0]
+    cos = _cosines(_scaled(rows_f, eps), _scaled(rows_g, eps))
     return np.asarray(np.sum(1.0 - cos), dtype=dtype)
 
 
@@ -113,11 +148,15 @@ def mimic_loss_backward(grad_output, features, target, eps=1e-8) -> MimicLossGra
     check_float_array(grad_output, "grad_output", 0, dtype)
     rows_f = _rows(features).astype(np.float64)
     rows_g = _rows(target).astype(np.float64)
-    cos, norm_f, norm_g, length_f, length_g = _cosines(rows_f, rows_g, eps)
+    f, g = _scaled(rows_f, eps), _scaled(rows_g, eps)
+    cos = _cosines(f, g)
 
-    def grad(own, other, length):
-        radial = np.where(length > eps, cos / np.where(length > eps, length, 1.0) ** 2, 0.0)
-        return -float(grad_output) * (other / (norm_f * norm_g)[:, None] - radial[:, None] * own)
+    def grad(own: _Scaled, other: _Scaled):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            radial = np.where(own.length > eps / own.scale,
+                              cos / (own.scale * own.length) / own.length, 0.0)
+        return -float(grad_output) * (other.rows / own.clamped_norm[:, None]
+                                      / other.scaled_norm[:, None] - radial[:, None] * own.rows)
 
-    return MimicLossGrads(grad(rows_f, rows_g, length_f).reshape(features.shape).astype(dtype),
-                          grad(rows_g, rows_f, length_g).reshape(target.shape).astype(dtype))
+    return MimicLossGrads(grad(f, g).reshape(features.shape).astype(dtype),
+                          grad(g, f).reshape(target.shape).astype(dtype))

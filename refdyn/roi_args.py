@@ -37,7 +37,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .args import as_pair, check_at_most, check_finite, check_float_array, check_grad_output, \
-    check_shape, numpy_all_finite
+    check_positive_int, check_shape, numpy_all_finite
 
 #: The most samples one bin takes along one axis.  Adaptive sampling takes about one sample
 #: per feature-map pixel, so this accepts RoIs up to 2048 P feature-map pixels per axis (8192
@@ -122,15 +122,6 @@ def check_pooled_grad_output(grad_output, geo: RoIGeometry, out_channels: int) -
     """grad_output must have the forward's output shape (R, C_out, P_h, P_w) and dtype."""
     check_grad_output(grad_output, (geo.rois, out_channels) + geo.pooled, geo.dtype,
                       "(R, C_out, P_h, P_w)")
-
-
-def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """An int (not bool) >= ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_finite_number(value, name: str) -> float:

@@ -82,9 +82,14 @@ def base_arguments(case):
     return {**case.arrays, **case.params, **case.backward_params, "grad_output": case.grad_output}
 
 
+#: A NumPy-only problem: moving a masked array to a device drops its mask.
+MASKED = "masked array"
+
+
 def structural_problems(op):
     """Each array argument of the first example case with a dimension dropped (the first, the
-    last), of an integer dtype and as float32 among float64 arrays: always rejected."""
+    last), of an integer dtype, as float32 among float64 arrays and as a masked array (numpy.ma,
+    with NaN under the mask): always rejected."""
     case = first_case(op)
     arguments, only = base_arguments(case), frozenset(["grad_output", *case.backward_params])
     arrays = [name for name, value in arguments.items() if isinstance(value, np.ndarray)]
@@ -92,8 +97,11 @@ def structural_problems(op):
     for name in arrays:
         value = arguments[name]
         others = tuple(a for a in arrays if a != name)
+        hidden_nan = np.ma.masked_array(np.where(np.arange(value.size).reshape(value.shape) == 0,
+                                                 np.nan, value), mask=value.size > 0)
         changes = {"integer dtype": (value.astype(np.int64), (name,)),
-                   "float32 among float64": (value.astype(np.float32), (name,) + others)}
+                   "float32 among float64": (value.astype(np.float32), (name,) + others),
+                   MASKED: (hidden_nan, (name,))}
         if value.ndim:
             changes["first dimension dropped"] = (value[0], (name,) + others)
             changes["last dimension dropped"] = (value[..., 0], (name,) + others)
@@ -364,15 +372,8 @@ def split(problem):
     return forward, problem.arguments
 
 
-# The bilinear backward takes grad_output of any dtype (it does not check it as the other
-# operators do): a library inconsistency, reported, not fixed here.
-LENIENT = {("bilinear_sample", "grad_output: integer dtype"),
-           ("bilinear_sample", "grad_output: float32 among float64")}
-
 REFERENCE_PROBLEMS = [
-    pytest.param(op, problem, id=f"{op.name}-{problem.label}", marks=[pytest.mark.xfail(
-        strict=True, reason="bilinear_sample_backward does not check grad_output's dtype")]
-        if (op.name, problem.label) in LENIENT else [])
+    pytest.param(op, problem, id=f"{op.name}-{problem.label}")
     for op in OPERATORS.values() for problem in structural_problems(op) + family_problems(op)]
 
 
@@ -407,10 +408,6 @@ def placements(backends=BACKENDS):
             for placement in (("numpy", "device") if backend in DEVICE_BACKENDS else ("numpy",))]
 
 
-# Backends whose error differs from the reference's: the vectorized active_conv2d_backward (and
-# the GPU mirrors, which share its assembly) checks grad_output after slicing its position group,
-# so its message reports the sliced shape; the literal loops report the shape passed.
-KNOWN_MISMATCHES = {("active_conv2d", "literal", "grad_output: first dimension dropped")}
 
 
 def error_mismatches(op, backend, placement, problems, load_backend):
@@ -441,18 +438,9 @@ def test_every_backend_raises_the_reference_error(op, backend, placement, load_b
     """Every problem the reference rejects: the same exception type and message, forward (when
     the reference's forward rejects it too) and backward, with NumPy or device arrays."""
     problems = [problem for problem in structural_problems(op) + value_problems(op)
-                + family_problems(op) if (op.name, backend, problem.label) not in KNOWN_MISMATCHES]
+                + family_problems(op) if placement == "numpy" or not problem.label.endswith(MASKED)]
     mismatches, checked = error_mismatches(op, backend, placement, problems, load_backend)
     assert checked > 20 and not mismatches, "\n".join(mismatches)
-
-
-@pytest.mark.xfail(strict=True, reason="active_conv2d_backward's grad_output shape message "
-                   "names the shape of one position group's slice")
-@pytest.mark.parametrize("op_name,backend,label", sorted(KNOWN_MISMATCHES))
-def test_known_error_mismatches(op_name, backend, label, load_backend):
-    op = OPERATORS[op_name]
-    problems = [p for p in structural_problems(op) if p.label == label]
-    assert problems and not error_mismatches(op, backend, "numpy", problems, load_backend)[0]
 
 
 # --- empty inputs ------------------------------------------------------------------------------

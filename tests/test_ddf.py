@@ -537,3 +537,26 @@ def test_bad_block_arguments_raise_a_clear_error():
         ddf_up(features, np.zeros((1, 4, 4, 5)), 1, [params])
     with pytest.raises(ValueError, match="spatial_weight must have shape .*\\(9, 3\\)"):
         ddf_up(features, np.zeros((1, 3, 5, 5)), 1, [params])
+
+
+@pytest.mark.parametrize("dtype,scales", [(np.float64, (1e-300, 1e-150, 1e150, 1e300)),
+                                          (np.float32, (1e-30, 1e-15, 1e15, 1e30))])
+def test_filter_norm_is_scale_invariant_up_to_overflow_of_its_result(dtype, scales):
+    """FN(s D^) = FN(D^) and dL/dD^ scales by 1/s (eps = 0, the paper's formula), for s far
+    beyond where the filters' squares or sums overflow or underflow; with the official eps a
+    huge constant filter still gives 0."""
+    rng = np.random.default_rng(1)
+    filters = rng.standard_normal((2, 9, 3, 3)).astype(dtype)
+    grad_output = rng.standard_normal(filters.shape).astype(dtype)
+    expected = filter_norm(filters, 1, eps=0.0)
+    expected_grad = filter_norm_backward(grad_output, filters, 1, eps=0.0).grad_filters
+    rtol = 64 * np.finfo(dtype).eps
+    for scale in scales:
+        scaled = (filters * dtype(scale)).astype(dtype)
+        np.testing.assert_allclose(filter_norm(scaled, 1, eps=0.0), expected, rtol=rtol,
+                                   atol=rtol, err_msg=f"scale {scale}")
+        grad = filter_norm_backward(grad_output, scaled, 1, eps=0.0).grad_filters
+        np.testing.assert_allclose(grad * dtype(scale), expected_grad, rtol=rtol, atol=rtol,
+                                   err_msg=f"gradient, scale {scale}")
+    constant = np.full((1, 9, 1, 1), scales[-1], dtype=dtype)
+    assert not filter_norm(constant, 1).any()

@@ -17,6 +17,7 @@ import re
 import numpy as np
 import pytest
 
+from refdyn.ddf_args import MAX_DILATION
 from refdyn.lsdfn_args import MAX_GAMMA, MAX_SAMPLES
 from refdyn.registry import BACKENDS, OPERATORS
 from refdyn.roi_args import MAX_POOLED, MAX_SAMPLES_PER_AXIS, MAX_TOTAL_SAMPLES, _eq5_widest, \
@@ -329,11 +330,65 @@ def test_lsdfn_at_the_largest_samples_runs_and_matches_the_reference(name, backe
     assert_matches(name, backend, "vectorized", load_backend, LSDFN_CALLS[name](MAX_SAMPLES, 1))
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "vectorized"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "literal"])
 @pytest.mark.parametrize("name", LSDFN_CALLS)
 def test_lsdfn_at_the_largest_gamma_runs_and_matches_the_literal_loops(name, backend,
                                                                       load_backend):
     """gamma = 2**31 - 1 with s = 2: the second sample row and column lie 2**31 - 1 pixels
-    away and read zeros.  (The vectorized reference zero-pads the features by that reach, so
-    memory, not this limit, bounds its gamma; the literal loops are the reference here.)"""
+    away and read zeros, on every backend (the vectorized reference pads by at most the map's
+    extent, so its memory does not grow with gamma)."""
     assert_matches(name, backend, "literal", load_backend, LSDFN_CALLS[name](2, MAX_GAMMA))
+
+
+# --- DDF ----------------------------------------------------------------------------------------
+
+def ddf_call(dilation, dtype=np.float64):
+    """The backward keyword arguments of ddf on a 1 x 2 x 5 x 5 map, 3 x 3 taps, one head."""
+    rng = np.random.default_rng(0)
+    return {"grad_output": rng.standard_normal((1, 2, 5, 5)).astype(dtype),
+            "features": rng.standard_normal((1, 2, 5, 5)).astype(dtype),
+            "channel_filter": rng.standard_normal((1, 2, 3, 3)).astype(dtype),
+            "spatial_filter": rng.standard_normal((1, 9, 5, 5)).astype(dtype),
+            "kernel_size": 3, "dilation": dilation}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ddf_dilation_beyond_a_c_int_gets_the_references_error_on_every_backend(backend,
+                                                                               load_backend):
+    """A dilation of 2**63 - 1 wrapped the host build's 64-bit tap offsets (it read pixels
+    where dilation 100 reads zeros); every backend now rejects dilations beyond MAX_DILATION."""
+    forward, backward = load_backend(OPERATORS["ddf"], backend)
+    for dilation in (MAX_DILATION + 1, 2 ** 63 - 1):
+        forward_arguments, backward_arguments = split(ddf_call(dilation))
+        for function, given in ((forward, forward_arguments), (backward, backward_arguments)):
+            with pytest.raises(ValueError, match=rf"dilation must be <= {MAX_DILATION} "
+                                                 rf"\(a C int, MAX_DILATION\), got {dilation}"):
+                function(**given)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ddf_at_the_largest_dilation_reads_only_the_centre_tap(backend, load_backend):
+    """MAX_DILATION runs, and reads what any dilation beyond the image reads (dilation 100)."""
+    assert_matches("ddf", backend, "vectorized", load_backend, ddf_call(MAX_DILATION))
+    forward, _ = load_backend(OPERATORS["ddf"], backend)
+    largest, beyond = (unwrap(forward(**split(ddf_call(d))[0])) for d in (MAX_DILATION, 100))
+    np.testing.assert_array_equal(largest, beyond)
+
+
+@pytest.mark.parametrize("reach", [1, 2, 3, 4, 5, 6, 1000])
+def test_reads_beyond_the_map_are_zeros_in_the_vectorized_padding(reach, load_backend):
+    """The vectorized DDF and LS-DFN pad by at most the map's extent and clamp the farther reads
+    into the padding: every dilation / gamma, inside, at and beyond a 5 x 4 map (extent 4 and
+    5), matches the literal loops, forward and backward."""
+    rng = np.random.default_rng(reach)
+    ddf = {"grad_output": rng.standard_normal((1, 2, 5, 4)),
+           "features": rng.standard_normal((1, 2, 5, 4)),
+           "channel_filter": rng.standard_normal((1, 2, 3, 3)),
+           "spatial_filter": rng.standard_normal((1, 9, 5, 4)), "kernel_size": 3,
+           "dilation": reach}
+    lsdfn_sample = {"grad_output": rng.standard_normal((1, 4, 1, 5, 4)),
+                    "features": rng.standard_normal((1, 1, 5, 4)),
+                    "kernels": rng.standard_normal((1, 1, 1, 3, 3, 5, 4)),
+                    "samples": 2, "gamma": reach, "kernel_size": 3}
+    for name, arguments in (("ddf", ddf), ("lsdfn_sample", lsdfn_sample)):
+        assert_matches(name, "vectorized", "literal", load_backend, arguments)

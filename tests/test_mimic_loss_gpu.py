@@ -15,6 +15,7 @@ import pytest
 
 from refdyn.gpu import backend_problem
 from refdyn.mimic_loss_numpy import mimic_loss, mimic_loss_backward
+from refdyn.registry import OPERATORS
 from refdyn.testing.cases import close_enough, mismatch_report
 
 BACKENDS = ("host", "numba", "cupy")
@@ -96,3 +97,26 @@ def test_zero_vector_rule_and_a_large_eps(backend_name):
 # --- Device arrays ------------------------------------------------------------------------------
 
 
+
+
+@pytest.mark.parametrize("backend_name", ["literal", "vectorized", *BACKENDS])
+def test_the_loss_is_scale_invariant_up_to_the_dtypes_range(backend_name, load_backend):
+    """cos(s f, t g) = cos(f, g) for s, t far beyond where |f|^2 overflows (1e200: the loss was
+    NaN) or underflows (1e-200, with eps below the norms), on every backend; the gradients
+    scale by 1/s; mimic_loss(s f, s f) is 0."""
+    forward, backward = load_backend(OPERATORS["mimic_loss"], backend_name)
+    rng = np.random.default_rng(5)
+    features, target = rng.standard_normal((2, 3, 4, 2, 3))
+    grad_output = np.array(1.5)
+    expected = forward(features, target)
+    expected_grads = backward(grad_output, features, target)
+    for scale, eps in ((1e200, 1e-8), (1e300, 1e-8), (1e-200, 1e-260)):
+        scaled = features * scale
+        np.testing.assert_allclose(forward(scaled, target, eps), expected, rtol=1e-13,
+                                   err_msg=f"scale {scale}")
+        np.testing.assert_allclose(forward(scaled, scaled, eps), 0.0, atol=1e-13)
+        grads = backward(grad_output, scaled, target, eps)
+        np.testing.assert_allclose(grads.grad_features * scale, expected_grads.grad_features,
+                                   rtol=1e-12, atol=1e-14, err_msg=f"scale {scale}")
+        np.testing.assert_allclose(grads.grad_target, expected_grads.grad_target, rtol=1e-12,
+                                   atol=1e-14, err_msg=f"scale {scale}")
