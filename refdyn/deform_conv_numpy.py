@@ -42,21 +42,30 @@ MEMORY_BOUND_BUFFERS = 20
 MEMORY_BOUND_ALLOWANCE = 1 << 20
 
 
+def elements_per_position(in_channels: int, offset_groups: int, taps: int) -> int:
+    """What one output position adds to a chunk: its sampled columns (C_in K elements) or,
+    where few channels share an offset group, its stencils (4 G K neighbours, each with an
+    index, a weight and derivatives), whichever is larger."""
+    return taps * max(in_channels, 4 * offset_groups)
+
+
 def extra_memory_bound(input_shape, offset_shape, weight_shape,
                        chunk_elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
     """Bytes a vectorized forward or backward call allocates at most besides its results.
 
     offset.size (the finiteness checks of offset and mask, one byte per element, before
     anything else) + 8 * (C_in H W + 2 weight.size + MEMORY_BOUND_BUFFERS max(chunk_elements,
-    C_in kh kw)) + MEMORY_BOUND_ALLOWANCE: one image of the batch with its channels last, the
-    weight reordered to the columns' order (and, in the backward, its gradient in that order),
-    and the per-chunk buffers (the corner rows, the sampled columns, the stencils, the column
-    gradient and its scatter), which scale with the chunk (at least one output position) and
-    not with the layer: 160 MiB at the default for any layer with C_in kh kw <= 2**20.
+    E)) + MEMORY_BOUND_ALLOWANCE, E = :func:`elements_per_position`: one image of the batch with
+    its channels last, the weight reordered to the columns' order (and, in the backward, its
+    gradient in that order), and the per-chunk buffers (the corner rows, the sampled columns,
+    the stencils, the column gradient and its scatter), which scale with the chunk (at least one
+    output position) and not with the layer: 160 MiB at the default for any layer with
+    E <= 2**20.
     """
     _, in_channels, height, width = input_shape
     taps = int(np.prod(weight_shape[2:]))
-    per_chunk = max(int(chunk_elements), in_channels * taps)
+    offset_groups = int(offset_shape[1]) // (2 * taps)
+    per_chunk = max(int(chunk_elements), elements_per_position(in_channels, offset_groups, taps))
     return (int(np.prod(offset_shape)) + MEMORY_BOUND_ALLOWANCE
             + 8 * (in_channels * height * width + 2 * int(np.prod(weight_shape))
                    + MEMORY_BOUND_BUFFERS * per_chunk))
@@ -190,8 +199,8 @@ class _Buffers:
 
 def _position_chunks(geo: DeformConvGeometry, chunk_elements: int):
     """Slices of one image's flattened output positions, each chunk holding at most
-    ``chunk_elements`` column elements (C_in * K * positions; at least one position)."""
-    per_position = geo.in_channels * geo.taps
+    ``chunk_elements`` elements (:func:`elements_per_position` per position; at least one)."""
+    per_position = elements_per_position(geo.in_channels, geo.offset_groups, geo.taps)
     step = max(1, chunk_elements // per_position)
     positions = geo.out_h * geo.out_w
     for start in range(0, positions, step):

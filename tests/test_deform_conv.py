@@ -148,7 +148,17 @@ def test_extra_memory_stays_within_the_documented_bound(dtype):
                       with_mask=False, offset_kind="normal"), 512),
     (DeformConvConfig(batch=2, in_channels=8, out_channels=8, height=20, width=20, groups=2,
                       offset_kind="normal", dtype="float32"), 1 << 30),
-], ids=["one-position-chunks", "few-channels-large-image", "unchunked"])
+    # the corners where the stencils (4 G K per position), not the columns, fill a chunk
+    (DeformConvConfig(in_channels=1, out_channels=1, height=64, width=64,
+                      offset_kind="normal"), 4096),
+    (DeformConvConfig(in_channels=16, out_channels=16, height=32, width=32, offset_groups=16,
+                      offset_kind="normal"), 4096),
+    (DeformConvConfig(in_channels=1, out_channels=1, height=64, width=64, kernel=(1, 1),
+                      padding=(0, 0), offset_kind="normal"), 1024),
+    (DeformConvConfig(in_channels=4, out_channels=4, height=32, width=32, kernel=(7, 7),
+                      padding=(3, 3), offset_groups=4, offset_kind="normal"), 4096),
+], ids=["one-position-chunks", "few-channels-large-image", "unchunked", "one-channel",
+        "one-channel-per-offset-group", "one-channel-1x1", "7x7-offset-group-per-channel"])
 def test_memory_bound_holds_from_tiny_chunks_to_none(config, chunk_elements):
     case = make_case(config)
     bound = extra_memory_bound(case.arrays["input"].shape, case.arrays["offset"].shape,
