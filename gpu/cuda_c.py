@@ -47,6 +47,13 @@ def exported_kernels() -> dict[str, frozenset[str]]:
     return kernels
 
 
+def kernel_name(stem: str, name: str, dtype) -> str:
+    """The exported name of kernel ``name`` of ``<stem>.cu`` for ``dtype``, e.g.
+    ``kernel_name("ddf", "forward", float32)`` is ``ddf_forward_f32``.  Each launch module binds
+    its stem once (``kernel_name = partial(cuda_c.kernel_name, "<stem>")``)."""
+    return f"{stem}_{name}_{KERNEL_SUFFIX[np.dtype(dtype)]}"
+
+
 def source_of(kernel: str) -> str:
     """The CUDA C file of this folder that exports ``kernel`` (a file name, ``"ddf.cu"``)."""
     for source, kernels in exported_kernels().items():

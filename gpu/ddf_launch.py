@@ -10,11 +10,13 @@ zero first.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from refdyn.ddf_args import DDFGeometry, DDFGrads
 
-from .cuda_c import KERNEL_SUFFIX
+from . import cuda_c
 
 #: The fields of ``struct DDFGeometry`` in ddf.cu, in order (11 int64 values).
 GEOMETRY_FIELDS = ("batch", "channels", "height", "width", "kernel_size", "dilation", "stride",
@@ -32,9 +34,8 @@ def geometry_array(xp, geo: DDFGeometry):
     return xp.asarray(np.array([values[name] for name in GEOMETRY_FIELDS], dtype=np.int64))
 
 
-def kernel_name(name: str, geo: DDFGeometry) -> str:
-    """The exported name of kernel ``name`` for the call's dtype, e.g. ddf_forward_f32."""
-    return f"ddf_{name}_{KERNEL_SUFFIX[geo.dtype]}"
+#: The exported name of kernel ``name`` of ddf.cu for a dtype (cuda_c.kernel_name).
+kernel_name = partial(cuda_c.kernel_name, "ddf")
 
 
 def forward(xp, launch, geo: DDFGeometry, features, channel_filter, spatial_filter):
@@ -42,7 +43,7 @@ def forward(xp, launch, geo: DDFGeometry, features, channel_filter, spatial_filt
     output = xp.empty(geo.output_shape, dtype=geo.dtype)
     if geo.batch == 0:
         return output
-    launch(kernel_name("forward", geo), output.size,
+    launch(kernel_name("forward", geo.dtype), output.size,
            [geometry_array(xp, geo), features, channel_filter, spatial_filter, output])
     return output
 
@@ -57,10 +58,10 @@ def backward(xp, launch, geo: DDFGeometry, grad_output, features, channel_filter
     if geo.batch == 0:
         return grads
     geometry = geometry_array(xp, geo)
-    launch(kernel_name("grad_features", geo), grads.grad_features.size,
+    launch(kernel_name("grad_features", geo.dtype), grads.grad_features.size,
            [geometry, channel_filter, spatial_filter, grad_output, grads.grad_features])
-    launch(kernel_name("grad_spatial_filter", geo), grads.grad_spatial_filter.size,
+    launch(kernel_name("grad_spatial_filter", geo.dtype), grads.grad_spatial_filter.size,
            [geometry, features, channel_filter, grad_output, grads.grad_spatial_filter])
-    launch(kernel_name("grad_channel_filter", geo), grads.grad_channel_filter.size,
+    launch(kernel_name("grad_channel_filter", geo.dtype), grads.grad_channel_filter.size,
            [geometry, features, spatial_filter, grad_output, grads.grad_channel_filter])
     return grads

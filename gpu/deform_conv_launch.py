@@ -18,11 +18,13 @@ C-contiguous and in ``xp``.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from refdyn.deform_conv_args import DeformConvGeometry, DeformConvGrads
 
-from .cuda_c import KERNEL_SUFFIX
+from . import cuda_c
 
 #: The fields of ``struct Geometry`` in deform_conv.cu, in order (18 int64 values).
 GEOMETRY_FIELDS = ("batch", "in_channels", "height", "width", "out_channels", "kernel_h",
@@ -51,9 +53,8 @@ def geometry_array(xp, geo: DeformConvGeometry, batch: int):
     return xp.asarray(np.array([values[name] for name in GEOMETRY_FIELDS], dtype=np.int64))
 
 
-def kernel_name(name: str, geo: DeformConvGeometry) -> str:
-    """The exported name of kernel ``name`` for the call's dtype, e.g. deform_conv_forward_f64."""
-    return f"deform_conv_{name}_{KERNEL_SUFFIX[geo.dtype]}"
+#: The exported name of kernel ``name`` of deform_conv.cu for a dtype (cuda_c.kernel_name).
+kernel_name = partial(cuda_c.kernel_name, "deform_conv")
 
 
 def image_chunks(geo: DeformConvGeometry, chunk_elements: int):
@@ -70,7 +71,7 @@ def sampled_columns(xp, launch, geo: DeformConvGeometry, input, offset, mask, im
     (images, C_in, K, H_out, W_out)."""
     count = images.stop - images.start
     columns = xp.empty((count, geo.in_channels, geo.taps, geo.out_h, geo.out_w), dtype=geo.dtype)
-    launch(kernel_name("columns", geo), columns.size,
+    launch(kernel_name("columns", geo.dtype), columns.size,
            [geometry_array(xp, geo, count), input[images], offset[images],
             None if mask is None else mask[images], columns])
     return columns
@@ -111,7 +112,7 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
         chunk_mask = mask[images] if mask is not None else None
         go = geo.group_matrices(grad_output[images])            # (images, groups, O/gr, L)
         column_grad = xp.matmul(weights.transpose(0, 2, 1), go)         # C-contiguous
-        launch(kernel_name("grad_offset_mask", geo), count * geo.offset_groups * geo.taps
+        launch(kernel_name("grad_offset_mask", geo.dtype), count * geo.offset_groups * geo.taps
                * geo.out_h * geo.out_w,
                [chunk_geometry, input[images], offset[images], chunk_mask, column_grad, rule,
                 grad_offset[images], grad_mask[images] if mask is not None else None])
@@ -119,7 +120,7 @@ def backward(xp, launch, geo: DeformConvGeometry, grad_output, input, offset, we
             _grad_input_ordered(xp, launch, geo, chunk_geometry, count, offset[images],
                                 chunk_mask, column_grad, grad_input[images])
         else:
-            launch(kernel_name("grad_input_atomic", geo), column_grad.size,
+            launch(kernel_name("grad_input_atomic", geo.dtype), column_grad.size,
                    [chunk_geometry, offset[images], chunk_mask, column_grad, grad_input[images]])
         columns = geo.group_matrices(
             sampled_columns(xp, launch, geo, input, offset, mask, images))
@@ -136,16 +137,16 @@ def _grad_input_ordered(xp, launch, geo, chunk_geometry, images, offset, mask, c
     lists = images * geo.offset_groups * geo.height * geo.width
     samples = images * geo.offset_groups * geo.taps * geo.out_h * geo.out_w
     sizes = xp.zeros(lists, dtype=np.int64)
-    launch(kernel_name("count_contributions", geo), samples, [chunk_geometry, offset, sizes])
+    launch(kernel_name("count_contributions", geo.dtype), samples, [chunk_geometry, offset, sizes])
     ends = xp.cumsum(sizes)
     starts = ends - sizes
     entries = xp.empty(max(int(ends[-1]), 1), dtype=np.int64)
     filled = xp.zeros(lists, dtype=np.int64)
-    launch(kernel_name("fill_contributions", geo), samples,
+    launch(kernel_name("fill_contributions", geo.dtype), samples,
            [chunk_geometry, offset, starts, filled, entries])
     launch("deform_conv_sort_contributions", lists, [chunk_geometry, starts, sizes, entries])
     weights = xp.empty(len(entries), dtype=geo.dtype)
-    launch(kernel_name("weigh_contributions", geo), lists,
+    launch(kernel_name("weigh_contributions", geo.dtype), lists,
            [chunk_geometry, offset, mask, starts, sizes, entries, weights])
-    launch(kernel_name("grad_input_gather", geo), grad_input.size,
+    launch(kernel_name("grad_input_gather", geo.dtype), grad_input.size,
            [chunk_geometry, column_grad, starts, sizes, entries, weights, grad_input])

@@ -11,11 +11,13 @@ nothing.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from refdyn.lsdfn_args import DFNGrads, LSDFNGeometry, LSDFNGrads, LSDFNSampleGrads
 
-from .cuda_c import KERNEL_SUFFIX
+from . import cuda_c
 
 #: The fields of ``struct LSDFNGeometry`` in lsdfn.cu, in order (13 int64 values).
 GEOMETRY_FIELDS = ("batch", "channels", "out_channels", "height", "width", "kernel_size",
@@ -40,9 +42,8 @@ def geometry_array(xp, geo: LSDFNGeometry, residual=False, kernel_form="describe
     return xp.asarray(np.array([values[name] for name in GEOMETRY_FIELDS], dtype=np.int64))
 
 
-def kernel_name(name: str, geo: LSDFNGeometry) -> str:
-    """The exported name of kernel ``name`` for the call's dtype, e.g. lsdfn_forward_f32."""
-    return f"{name}_{KERNEL_SUFFIX[geo.dtype]}"
+#: The exported name of kernel ``name`` of lsdfn.cu for a dtype (cuda_c.kernel_name).
+kernel_name = partial(cuda_c.kernel_name, "lsdfn")
 
 
 # --- DFN ----------------------------------------------------------------------------------------
@@ -53,7 +54,7 @@ def _dfn_filters(xp, launch, geo, geometry, groups, filters, softmax):
     if not softmax:
         return filters
     normalised = xp.empty(filters.shape, dtype=geo.dtype)
-    launch(kernel_name("lsdfn_dfn_softmax", geo), geo.batch * groups * geo.height * geo.width,
+    launch(kernel_name("dfn_softmax", geo.dtype), geo.batch * groups * geo.height * geo.width,
            [geometry, groups, filters, normalised])
     return normalised
 
@@ -66,7 +67,7 @@ def dfn_forward(xp, launch, geo: LSDFNGeometry, features, filters, per_channel: 
         return output
     geometry, groups = geometry_array(xp, geo), geo.channels if per_channel else 1
     used = _dfn_filters(xp, launch, geo, geometry, groups, filters, softmax)
-    launch(kernel_name("lsdfn_dfn_forward", geo), output.size,
+    launch(kernel_name("dfn_forward", geo.dtype), output.size,
            [geometry, groups, features, used, output])
     return output
 
@@ -80,13 +81,13 @@ def dfn_backward(xp, launch, geo: LSDFNGeometry, grad_output, features, filters,
         return grads
     geometry, groups = geometry_array(xp, geo), geo.channels if per_channel else 1
     used = _dfn_filters(xp, launch, geo, geometry, groups, filters, softmax)
-    launch(kernel_name("lsdfn_dfn_grad_features", geo), features.size,
+    launch(kernel_name("dfn_grad_features", geo.dtype), features.size,
            [geometry, groups, used, grad_output, grads.grad_features])
     grad_used = xp.empty(filters.shape, dtype=geo.dtype) if softmax else grads.grad_filters
-    launch(kernel_name("lsdfn_dfn_grad_filters", geo), filters.size,
+    launch(kernel_name("dfn_grad_filters", geo.dtype), filters.size,
            [geometry, groups, features, grad_output, grad_used])
     if softmax:
-        launch(kernel_name("lsdfn_dfn_softmax_backward", geo), filters.size,
+        launch(kernel_name("dfn_softmax_backward", geo.dtype), filters.size,
                [geometry, groups, used, grad_used, grads.grad_filters])
     return grads
 
@@ -99,7 +100,7 @@ def sample_forward(xp, launch, geo: LSDFNGeometry, features, kernels):
     output = xp.empty(geo.sample_output_shape, dtype=geo.dtype)
     if geo.batch == 0:
         return output
-    launch(kernel_name("lsdfn_sample_forward", geo), output.size,
+    launch(kernel_name("sample_forward", geo.dtype), output.size,
            [geometry_array(xp, geo), features, kernels, output])
     return output
 
@@ -112,9 +113,9 @@ def sample_backward(xp, launch, geo: LSDFNGeometry, grad_output, features,
     if geo.batch == 0:
         return grads
     geometry = geometry_array(xp, geo)
-    launch(kernel_name("lsdfn_sample_grad_features", geo), features.size,
+    launch(kernel_name("sample_grad_features", geo.dtype), features.size,
            [geometry, kernels, grad_output, grads.grad_features])
-    launch(kernel_name("lsdfn_sample_grad_kernels", geo), kernels.size,
+    launch(kernel_name("sample_grad_kernels", geo.dtype), kernels.size,
            [geometry, features, grad_output, grads.grad_kernels])
     return grads
 
@@ -129,7 +130,7 @@ def forward(xp, launch, geo: LSDFNGeometry, *inputs, **options):
     output = xp.empty(geo.output_shape, dtype=geo.dtype)
     if geo.batch == 0:
         return output
-    launch(kernel_name("lsdfn_forward", geo), output.size,
+    launch(kernel_name("forward", geo.dtype), output.size,
            [geometry_array(xp, geo, **options), *inputs, output])
     return output
 
@@ -144,19 +145,19 @@ def backward(xp, launch, geo: LSDFNGeometry, grad_output, *inputs, **options) ->
         return grads
     geometry = geometry_array(xp, geo, **options)
     unweighted = xp.empty(geo.sample_output_shape, dtype=geo.dtype)
-    launch(kernel_name("lsdfn_samples", geo), unweighted.size, [geometry, *inputs, unweighted])
+    launch(kernel_name("samples", geo.dtype), unweighted.size, [geometry, *inputs, unweighted])
     grad_unweighted = xp.empty(geo.sample_output_shape, dtype=geo.dtype)
-    launch(kernel_name("lsdfn_fusion_grads", geo), unweighted.size,
+    launch(kernel_name("fusion_grads", geo.dtype), unweighted.size,
            [geometry, sample_attention, unweighted, grad_output, grad_unweighted,
             grads.grad_sample_attention])
-    launch(kernel_name("lsdfn_grad_features", geo), features.size,
+    launch(kernel_name("grad_features", geo.dtype), features.size,
            [geometry, *inputs, grad_unweighted, grads.grad_features])
-    launch(kernel_name("lsdfn_grad_kernel_parts", geo), u.size + v.size,
+    launch(kernel_name("grad_kernel_parts", geo.dtype), u.size + v.size,
            [geometry, *inputs, grad_unweighted, grads.grad_u, grads.grad_v])
     if position_attention is not None:
-        launch(kernel_name("lsdfn_grad_position_attention", geo), position_attention.size,
+        launch(kernel_name("grad_position_attention", geo.dtype), position_attention.size,
                [geometry, *inputs, grad_unweighted, grads.grad_position_attention])
     if full_attention is not None:
-        launch(kernel_name("lsdfn_grad_full_attention", geo), full_attention.size,
+        launch(kernel_name("grad_full_attention", geo.dtype), full_attention.size,
                [geometry, *inputs, grad_unweighted, grads.grad_full_attention])
     return grads

@@ -11,12 +11,13 @@ first and the results are the same on every run and grid.  An empty RoI list lau
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
 from refdyn.mimic_loss_numpy import MimicLossGrads
 
-from .cuda_c import KERNEL_SUFFIX
+from . import cuda_c
 
 #: The fields of ``struct MimicGeometry`` in mimic_loss.cu, in order (3 values of 8 bytes; eps
 #: is a double, carried as its bit pattern in the int64 array).
@@ -32,13 +33,12 @@ def geometry_array(xp, rois: int, size: int, eps: float):
     return xp.asarray(np.array([rois, size, eps_bits], dtype=np.int64))
 
 
-def kernel_name(name: str, dtype) -> str:
-    """The exported name of kernel ``name`` for the call's dtype, e.g. mimic_loss_rows_f32."""
-    return f"mimic_loss_{name}_{KERNEL_SUFFIX[np.dtype(dtype)]}"
+#: The exported name of kernel ``name`` of mimic_loss.cu for a dtype (cuda_c.kernel_name).
+kernel_name = partial(cuda_c.kernel_name, "mimic_loss")
 
 
-def _sizes(features) -> tuple[int, int]:
-    """(R, D): RoIs and entries per RoI."""
+def row_sizes(features) -> tuple[int, int]:
+    """(R, D): RoIs and entries per RoI (also the Numba sequences')."""
     return int(features.shape[0]), math.prod(int(n) for n in features.shape[1:])
 
 
@@ -51,7 +51,7 @@ def _statistics(xp, launch, geometry, dtype, rois, features, target):
 
 def forward(xp, launch, dtype, features, target, eps):
     """L_mimic as a 0-d array of ``dtype``: (K1) then (K2); zero without RoIs (no launch)."""
-    rois, size = _sizes(features)
+    rois, size = row_sizes(features)
     if rois == 0:
         return xp.zeros((), dtype=dtype)
     geometry = geometry_array(xp, rois, size, eps)
@@ -64,7 +64,7 @@ def forward(xp, launch, dtype, features, target, eps):
 def backward(xp, launch, dtype, grad_output, features, target, eps) -> MimicLossGrads:
     """Both gradients: (K1) then (K3), one thread per element; empty gradients and no launch
     without RoIs, and (K3) skipped when each RoI's features are empty."""
-    rois, size = _sizes(features)
+    rois, size = row_sizes(features)
     grads = MimicLossGrads(grad_features=xp.empty(features.shape, dtype=dtype),
                            grad_target=xp.empty(target.shape, dtype=dtype))
     if rois == 0 or size == 0:

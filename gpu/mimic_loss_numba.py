@@ -24,6 +24,7 @@ import numpy as np
 
 from refdyn.mimic_loss_numpy import MimicLossGrads
 
+from .mimic_loss_launch import row_sizes
 from .numba_support import _launch, cuda
 
 
@@ -114,11 +115,6 @@ def _backward_kernel(total, features, target, stats, grad_output, grad_features,
 # Launch sequences (device arrays in and out; the checks are done before)
 # ---------------------------------------------------------------------------------------------
 
-def _sizes(features) -> tuple[int, int]:
-    """(R, D): RoIs and entries per RoI."""
-    return int(features.shape[0]), math.prod(int(n) for n in features.shape[1:])
-
-
 def _statistics(features, target, rois, size, eps):
     """(K1): the (R, 5) float64 statistics and the (R, D) rows."""
     rows_f, rows_g = features.reshape(rois, size), target.reshape(rois, size)
@@ -129,7 +125,7 @@ def _statistics(features, target, rois, size, eps):
 
 def forward(dtype, features, target, eps):
     """The loss, a 0-d array of ``dtype``: the statistics per RoI, then their sum (K2)."""
-    rois, size = _sizes(features)
+    rois, size = row_sizes(features)
     if rois == 0:
         return cuda.to_device(np.zeros((), dtype=dtype))
     stats, _, _ = _statistics(features, target, rois, size, eps)
@@ -140,7 +136,7 @@ def forward(dtype, features, target, eps):
 
 def backward(dtype, grad_output, features, target, eps) -> MimicLossGrads:
     """Both gradients: one thread per element, no atomics (K3)."""
-    rois, size = _sizes(features)
+    rois, size = row_sizes(features)
     if rois == 0 or size == 0:
         return MimicLossGrads(cuda.device_array(features.shape, dtype=dtype),
                               cuda.device_array(target.shape, dtype=dtype))

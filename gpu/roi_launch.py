@@ -13,6 +13,7 @@ Arrays reach this module validated, C-contiguous and in ``xp``.  Every gradient 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from refdyn.bilinear_numpy import check_coord_grad
 from refdyn.roi_args import RoIGeometry, RoIPoolGrads, check_deform_ps_roi_pool_args, \
     check_deform_roi_pool_args, check_pooled_grad_output, check_roi_align_args, output_channels
 
-from .cuda_c import KERNEL_SUFFIX
+from . import cuda_c
 
 #: The fields of ``struct RoIGeometry`` in roi.cu, in order (17 int64 values).
 GEOMETRY_FIELDS = ("batch", "channels", "height", "width", "rois", "pooled_h", "pooled_w",
@@ -30,6 +31,10 @@ GEOMETRY_FIELDS = ("batch", "channels", "height", "width", "rois", "pooled_h", "
 
 #: ``enum RoIKind`` in roi.cu.
 ROI_KINDS = {"align": 0, "eq5": 1, "official": 2}
+
+
+#: The exported name of kernel ``name`` of roi.cu for a dtype (cuda_c.kernel_name).
+kernel_name = partial(cuda_c.kernel_name, "roi")
 
 
 @dataclass(frozen=True)
@@ -80,11 +85,6 @@ class RoICall:
     def scales_array(self, xp):
         """``struct RoIScales`` as a float64 array of ``xp``."""
         return xp.asarray(np.array(self.scales(), dtype=np.float64))
-
-    def kernel_name(self, name: str) -> str:
-        """The exported name of kernel ``name`` for the call's dtype, e.g. roi_forward_f32."""
-        return f"roi_{name}_{KERNEL_SUFFIX[self.geo.dtype]}"
-
 
 # The checks of the NumPy reference, then the call.  ``rois`` must be a host (NumPy) array for
 # the batch-index check; the backends pass a host copy of device RoIs (R x 5 values).
@@ -137,7 +137,7 @@ def forward(xp, launch, call: RoICall, input, rois, offset, mask):
     if output.size == 0:
         return output
     moving = None if call.no_trans else offset
-    launch(call.kernel_name("forward"), output.size,
+    launch(kernel_name("forward", call.geo.dtype), output.size,
            [call.geometry_array(xp), call.scales_array(xp), input, rois, moving, mask, output])
     return output
 
@@ -155,11 +155,12 @@ def backward(xp, launch, call: RoICall, grad_output, input, rois, offset, mask) 
         return grads
     moving = None if call.no_trans else offset
     geometry, scales = call.geometry_array(xp), call.scales_array(xp)
-    launch(call.kernel_name("grad_input"), input.size,
+    launch(kernel_name("grad_input", geo.dtype), input.size,
            [geometry, scales, rois, moving, mask, grad_output, grads.grad_input])
     if moving is not None or mask is not None:
         cells = call.offset_cells
-        launch(call.kernel_name("grad_offset_mask"), geo.rois * call.classes * cells[0] * cells[1],
+        launch(kernel_name("grad_offset_mask", geo.dtype),
+               geo.rois * call.classes * cells[0] * cells[1],
                [geometry, scales, input, rois, moving, mask, grad_output,
                 None if moving is None else grads.grad_offset, grads.grad_mask])
     return grads

@@ -10,7 +10,7 @@ the deformable operators as in NumPy (refdyn/roi_pool_numpy.py, refdyn/roi_align
 
 from __future__ import annotations
 
-from refdyn.roi_args import RoIPoolGrads
+from refdyn.roi_args import RoIPoolGrads, check_modulation_given
 
 from .roi_launch import align_call, check_backward, eq5_call, official_call
 
@@ -78,8 +78,7 @@ def modulated_deform_roi_pool(backend, input, rois, offset, mask, output_size=7,
                               spatial_scale=1.0, sampling_ratio=0, gamma=0.1):
     """Modulated deformable RoI pooling, DCNv2 Eq. 2 (mmcv convention), on the GPU:
     :func:`deform_roi_align` with its mask required; as :func:`refdyn.modulated_deform_roi_pool`."""
-    if mask is None:
-        raise ValueError("mask must be given (R, 1, P_h, P_w); without it use deform_roi_align")
+    check_modulation_given(mask)
     return deform_roi_align(backend, input, rois, offset, mask, output_size, spatial_scale,
                             sampling_ratio, gamma)
 

@@ -45,8 +45,8 @@ import numpy as np
 
 from .bilinear_numpy import check_coord_grad, sample_point, sample_point_grad, scatter_point
 from .roi_pool_numpy import BinAverages, BinGrid, averaging_weight, _grads_in_dtype
-from .roi_args import RoIPoolGrads, align_grid_size, aligned_roi, check_pooled_grad_output, \
-    check_roi_align_args, output_channels
+from .roi_args import RoIPoolGrads, align_grid_size, aligned_roi, check_modulation_given, \
+    check_pooled_grad_output, check_roi_align_args, output_channels
 
 BOUNDARY = "roi_align"
 
@@ -293,7 +293,6 @@ def modulated_deform_roi_pool(input, rois, offset, mask, output_size=7, spatial_
                               sampling_ratio=0, gamma=0.1):
     """Modulated deformable RoI pooling, DCNv2 Eq. 2 (mmcv convention): :func:`deform_roi_align`
     with its mask required."""
-    if mask is None:
-        raise ValueError("mask must be given (R, 1, P_h, P_w); without it use deform_roi_align")
+    check_modulation_given(mask)
     return deform_roi_align(input, rois, offset, mask, output_size, spatial_scale,
                             sampling_ratio, gamma)

@@ -315,6 +315,12 @@ def check_deform_ps_roi_pool_args(input, rois, offset, spatial_scale, output_dim
     return geo, params
 
 
+def check_modulation_given(mask) -> None:
+    """modulated_deform_roi_pool requires its mask (deform_roi_align is the operator without)."""
+    if mask is None:
+        raise ValueError("mask must be given (R, 1, P_h, P_w); without it use deform_roi_align")
+
+
 def check_roi_align_args(input, rois, offset, mask, output_size, spatial_scale, sampling_ratio,
                          gamma, all_finite: Callable = numpy_all_finite,
                          position_sensitive: bool = False, aligned: bool = True):

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -98,21 +97,9 @@ def test_every_kernel_is_named_after_its_file():
 
 
 def _called_name(call: ast.Call) -> str | None:
-    """The name of the function or method ``call`` calls (``launch``, ``call.kernel_name``)."""
+    """The name of the function or method ``call`` calls (``launch``, ``kernel_name``)."""
     function = call.func
     return function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", None)
-
-
-def _kernel_namer(stem: str):
-    """``(name, dtype) -> exported kernel name`` by gpu/<stem>_launch.py's own kernel_name, fed
-    a stand-in for the call whose dtype it reads."""
-    module = importlib.import_module(f"refdyn.gpu.{stem}_launch")
-    if stem == "roi":
-        return lambda name, dtype: module.RoICall.kernel_name(
-            SimpleNamespace(geo=SimpleNamespace(dtype=dtype)), name)
-    if stem == "mimic_loss":
-        return module.kernel_name
-    return lambda name, dtype: module.kernel_name(name, SimpleNamespace(dtype=dtype))
 
 
 def glue_kernel_names(stem: str) -> set[str]:
@@ -120,6 +107,7 @@ def glue_kernel_names(stem: str) -> set[str]:
     ``launch(...)`` call passes as it is, and each ``kernel_name("<name>", ...)`` named for every
     dtype.  Fails on a launch whose name is neither, which this could not check."""
     glue = KERNEL_DIR / f"{stem}_launch.py"
+    launch_module = importlib.import_module(f"refdyn.gpu.{stem}_launch")
     names = set()
     for call in ast.walk(ast.parse(glue.read_text(encoding="utf-8"))):
         if not (isinstance(call, ast.Call) and _called_name(call) == "launch"):
@@ -131,7 +119,7 @@ def glue_kernel_names(stem: str) -> set[str]:
         assert isinstance(kernel, ast.Call) and _called_name(kernel) == "kernel_name" \
             and isinstance(kernel.args[0], ast.Constant), \
             f"{glue.name}:{call.lineno}: a kernel name this test cannot read"
-        names.update(_kernel_namer(stem)(kernel.args[0].value, dtype)
+        names.update(launch_module.kernel_name(kernel.args[0].value, dtype)
                      for dtype in cuda_c.KERNEL_SUFFIX)
     return names
 
